@@ -1,10 +1,9 @@
-"""dvt-ms: the Dynamic Vision Transformer (DVT, NeurIPS 2021) in MindSpore."""
-from .presets import DVTConfig, PRESETS, build_config
+"""dvt-ms: the Dynamic Vision Transformer (DVT, NeurIPS 2021) in MindSpore.
 
-__all__ = ["DVTConfig", "PRESETS", "build_config", "create_model"]
+Importing the package registers the presets in mindcv's model registry, so
+``mindcv.create_model("dvt_t2t_vit_12")`` works too.
+"""
+from .cascade import DVT, create_model
+from .presets import PRESETS, DVTConfig, build_config
 
-
-def create_model(name, **overrides):
-    """Build preset ``name`` (see ``dvt_ms.presets.PRESETS``) with architecture ``overrides``."""
-    from .cascade import create_model as _create
-    return _create(name, **overrides)
+__all__ = ["DVT", "DVTConfig", "PRESETS", "build_config", "create_model"]
