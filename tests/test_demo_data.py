@@ -1,0 +1,186 @@
+"""The synthetic demo dataset (determinism, layout, reuse, difficulty) and the Pillow plots."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dvt_ms import demo_data, plots
+from dvt_ms.demo_data import CLASS_NAMES, DatasetMismatchError, generate_image, write_dataset
+
+SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, image_size=32)
+
+
+def _image_bytes(root):
+    """Relative path -> file bytes of every PNG under ``root``."""
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*.png")}
+
+
+def test_class_names_are_sorted_so_folder_order_is_index_order():
+    assert list(CLASS_NAMES) == sorted(CLASS_NAMES)
+    assert len(set(CLASS_NAMES)) == len(CLASS_NAMES) >= 6
+
+
+def test_same_seed_gives_identical_images_and_different_seed_different():
+    def render(seed):
+        return generate_image(2, 0.5, np.random.default_rng(seed), 48).tobytes()
+
+    assert render(7) == render(7)
+    assert render(7) != render(8)
+    image = generate_image(0, 0.0, np.random.default_rng(0), 48)
+    assert image.mode == "RGB" and image.size == (48, 48)
+
+
+def test_invalid_arguments_are_rejected():
+    with pytest.raises(ValueError):
+        generate_image(len(CLASS_NAMES), 0.5, np.random.default_rng(0), 32)
+    with pytest.raises(ValueError):
+        generate_image(0, 1.5, np.random.default_rng(0), 32)
+
+
+def test_layout_counts_and_difficulty_file(tmp_path):
+    root = tmp_path / "demo"
+    manifest = write_dataset(root, seed=3, **SMALL)
+
+    assert manifest["class_names"] == list(CLASS_NAMES[:3])
+    for split, per_class in (("train", 4), ("val", 2)):
+        assert sorted(p.name for p in (root / split).iterdir()) == list(CLASS_NAMES[:3])
+        for class_name in CLASS_NAMES[:3]:
+            files = sorted((root / split / class_name).glob("*.png"))
+            assert len(files) == per_class
+            with Image.open(files[0]) as image:
+                assert image.size == (32, 32) and image.mode == "RGB"
+
+    difficulties = json.loads((root / "difficulty.json").read_text())
+    assert set(difficulties) == set(_image_bytes(root))
+    assert all(0.0 <= value <= 1.0 for value in difficulties.values())
+    assert json.loads((root / "dataset.json").read_text()) == manifest
+    assert os.listdir(tmp_path) == ["demo"]  # the staging directory is gone
+
+
+def test_dataset_is_deterministic_by_seed(tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        write_dataset(tmp_path / name, seed=seed, **SMALL)
+    first, again, other = (_image_bytes(tmp_path / name) for name in "abc")
+    assert first == again
+    assert first.keys() == other.keys() and first != other
+
+
+def test_existing_dataset_is_reused_and_mismatch_names_the_root(tmp_path):
+    root = tmp_path / "demo"
+    manifest = write_dataset(root, seed=0, **SMALL)
+    marker = root / "train" / CLASS_NAMES[0] / f"{CLASS_NAMES[0]}_00000.png"
+    written_at = marker.stat().st_mtime_ns
+
+    assert write_dataset(root, seed=0, **SMALL) == manifest
+    assert marker.stat().st_mtime_ns == written_at  # reused, not regenerated
+
+    with pytest.raises(DatasetMismatchError, match=str(root)) as error:
+        write_dataset(root, seed=1, **SMALL)
+    assert "seed" in str(error.value)
+
+
+def test_foreign_directory_is_refused_and_empty_one_is_filled(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetMismatchError, match=str(foreign)):
+        write_dataset(foreign, **SMALL)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_dataset(empty, **SMALL)
+    assert (empty / "dataset.json").is_file()
+
+
+def test_interrupted_run_leaves_no_dataset_behind(tmp_path, monkeypatch):
+    calls = []
+
+    def failing_generate(*args):
+        calls.append(args)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return generate_image(*args)
+
+    monkeypatch.setattr(demo_data, "generate_image", failing_generate)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(tmp_path / "demo", **SMALL)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_reports_a_mismatch_with_exit_code_2(tmp_path, capsys):
+    root = str(tmp_path / "demo")
+    args = [root, "--train-per-class", "1", "--val-per-class", "1", "--image-size", "16"]
+    demo_data.main(args)
+    assert (tmp_path / "demo" / "dataset.json").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        demo_data.main(args + ["--seed", "5"])
+    assert exit_info.value.code == 2
+    assert root in capsys.readouterr().err
+
+
+def _statistics(difficulty, samples_per_class=6, size=48):
+    """Mean visible object area fraction and mean background roughness at one difficulty."""
+    areas, roughness = [], []
+    for class_index in range(len(CLASS_NAMES)):
+        for sample in range(samples_per_class):
+            rng = np.random.default_rng([class_index, sample])
+            image, mask = demo_data.generate_sample(class_index, difficulty, rng, size)
+            pixels = np.asarray(image, dtype=np.float32)
+            areas.append(mask.mean())
+            # Neighbouring-pixel differences outside the object: noise plus clutter.
+            step = np.abs(np.diff(pixels, axis=1)).mean(axis=2)
+            outside = (mask[:, 1:] == 0) & (mask[:, :-1] == 0)
+            roughness.append(step[outside].mean())
+    return np.mean(areas), np.mean(roughness)
+
+
+def test_difficulty_shrinks_the_object_and_roughens_the_background():
+    easy_area, easy_roughness = _statistics(0.0)
+    hard_area, hard_roughness = _statistics(1.0)
+    assert easy_area > 2.5 * hard_area
+    assert hard_roughness > 3 * easy_roughness
+
+
+def test_object_mask_marks_where_the_object_was_drawn():
+    image, mask = demo_data.generate_sample(0, 0.0, np.random.default_rng(0), 64)
+    pixels = np.asarray(image, dtype=np.float32)
+    assert mask.shape == (64, 64) and 0.0 <= mask.min() and mask.max() <= 1.0
+    inside, outside = pixels[mask == 1].mean(axis=0), pixels[mask == 0].mean(axis=0)
+    assert np.abs(inside - outside).max() > 40  # an easy image has a high-contrast object
+
+
+def test_budget_plot_is_a_png_of_the_requested_size(tmp_path):
+    path = tmp_path / "plots" / "budget.png"
+    plots.plot_budget_curve(
+        path,
+        curves={"DVT (early exits)": ([0.6, 0.9, 1.3, 1.8], [61.0, 66.5, 69.0, 70.2])},
+        points={"exit 1 (7x7)": (0.55, 60.0), "exit 2 (10x10)": (1.1, 67.0),
+                "exit 3 (14x14)": (2.2, 70.5)},
+        title="Accuracy vs budget · demo")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (800, 600)
+        assert len(image.convert("RGB").getcolors(2 ** 16)) > 20  # not a blank canvas
+    assert os.listdir(path.parent) == ["budget.png"]  # no temporary file left behind
+
+
+def test_image_grid_lays_out_cells_with_captions(tmp_path):
+    images = [generate_image(i, 0.3, np.random.default_rng(i), 32) for i in range(5)]
+    captions = [f"exit {i % 3 + 1} · {CLASS_NAMES[i]} ✓" for i in range(5)]
+    path = tmp_path / "grid.png"
+    drawn = plots.image_grid(path, images, captions, columns=3, cell_size=64,
+                             caption_colors=["green"] * 4 + ["red"])
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == drawn.size
+        assert image.width >= 3 * 64 and image.height >= 2 * 64
+    with pytest.raises(ValueError):
+        plots.image_grid(path, images, captions[:2], columns=3, cell_size=64)
+
+
+def test_nice_ticks_cover_the_range_with_round_steps():
+    ticks, step = plots.nice_ticks(0.43, 2.71)
+    assert ticks[0] <= 0.43 and ticks[-1] >= 2.71
+    assert step in (0.5, 0.25, 0.2)
+    assert np.allclose(np.diff(ticks), step)

@@ -1,0 +1,86 @@
+"""Write checkpoints in PyTorch's zip format without PyTorch, to build the converter's error cases.
+
+Tensors are pickled exactly as torch.save does: a REDUCE of torch._utils._rebuild_tensor_v2 over a
+persistent-id storage. The ``torch`` globals are stand-in modules that exist only while pickling.
+"""
+import collections
+import contextlib
+import io
+import pickle
+import sys
+import types
+import zipfile
+
+import numpy as np
+
+_STORAGE_NAMES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}
+
+
+@contextlib.contextmanager
+def _fake_torch():
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("only used for pickling")
+
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    for name in _STORAGE_NAMES.values():
+        storage_type = type(name, (), {"__module__": "torch"})
+        setattr(torch, name, storage_type)
+    torch._utils = utils
+    saved = {key: sys.modules.get(key) for key in ("torch", "torch._utils")}
+    sys.modules.update({"torch": torch, "torch._utils": utils})
+    try:
+        yield torch, utils
+    finally:
+        for key, module in saved.items():
+            if module is None:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = module
+
+
+class _Tensor:
+    def __init__(self, array, key, rebuild):
+        self.array, self.key, self.rebuild = array, key, rebuild
+
+    def __reduce__(self):
+        shape = self.array.shape
+        strides = tuple(s // self.array.itemsize for s in self.array.strides)
+        return self.rebuild, (self, 0, shape, strides, False, collections.OrderedDict())
+
+
+def save_torch_checkpoint(path, obj):
+    """torch.save(obj, path) for dicts/lists of numpy arrays (float32 or int64) and plain values."""
+    storages = {}
+    with _fake_torch() as (torch, utils):
+        def wrap(value):
+            if isinstance(value, np.ndarray):
+                array = np.ascontiguousarray(value)
+                tensor = _Tensor(array, str(len(storages)), utils._rebuild_tensor_v2)
+                storages[tensor.key] = array
+                return tensor
+            if isinstance(value, collections.OrderedDict):
+                return collections.OrderedDict((k, wrap(v)) for k, v in value.items())
+            if isinstance(value, dict):
+                return {k: wrap(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return type(value)(wrap(v) for v in value)
+            return value
+
+        class _Pickler(pickle.Pickler):
+            def persistent_id(self, obj):
+                if isinstance(obj, _Tensor):
+                    storage_type = getattr(torch, _STORAGE_NAMES[obj.array.dtype])
+                    return ("storage", storage_type, obj.key, "cpu", obj.array.size)
+                return None
+
+        buffer = io.BytesIO()
+        _Pickler(buffer, protocol=2).dump(wrap(obj))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/version", "3\n")
+        for key, array in storages.items():
+            archive.writestr(f"archive/data/{key}", array.astype(array.dtype.newbyteorder("<")).tobytes())
