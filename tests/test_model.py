@@ -148,7 +148,8 @@ class _SumOfExitLosses(nn.Cell):
 
 def test_one_graph_mode_training_step_updates_every_stage():
     ms.set_seed(0)
-    model = dvt_ms.create_model("dvt_t2t_vit_12", embed_dim=32, depth=1, num_heads=2, mlp_ratio=1.0,
+    # depth 2: with one block, the reused feature (zero at the class token) cannot reach the head
+    model = dvt_ms.create_model("dvt_t2t_vit_12", embed_dim=32, depth=2, num_heads=2, mlp_ratio=1.0,
                                 token_dim=8, num_classes=5, drop_path_rate=0.1)
     trainable = model.trainable_params()
     frozen = {p.name for p in model.get_parameters()} - {p.name for p in trainable}

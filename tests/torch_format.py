@@ -26,8 +26,9 @@ def _fake_torch():
 
     utils._rebuild_tensor_v2 = _rebuild_tensor_v2
     _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
     for name in _STORAGE_NAMES.values():
-        storage_type = type(name, (), {"__module__": "torch"})
+        storage_type = type(name, (), {"__module__": "torch", "__qualname__": name})
         setattr(torch, name, storage_type)
     torch._utils = utils
     saved = {key: sys.modules.get(key) for key in ("torch", "torch._utils")}
@@ -42,14 +43,19 @@ def _fake_torch():
                 sys.modules[key] = module
 
 
+class _Storage:
+    def __init__(self, array, key):
+        self.array, self.key = array, key
+
+
 class _Tensor:
-    def __init__(self, array, key, rebuild):
-        self.array, self.key, self.rebuild = array, key, rebuild
+    def __init__(self, storage, rebuild):
+        self.storage, self.rebuild = storage, rebuild
 
     def __reduce__(self):
-        shape = self.array.shape
-        strides = tuple(s // self.array.itemsize for s in self.array.strides)
-        return self.rebuild, (self, 0, shape, strides, False, collections.OrderedDict())
+        array = self.storage.array
+        strides = tuple(s // array.itemsize for s in array.strides)
+        return self.rebuild, (self.storage, 0, array.shape, strides, False, collections.OrderedDict())
 
 
 def save_torch_checkpoint(path, obj):
@@ -59,9 +65,9 @@ def save_torch_checkpoint(path, obj):
         def wrap(value):
             if isinstance(value, np.ndarray):
                 array = np.ascontiguousarray(value)
-                tensor = _Tensor(array, str(len(storages)), utils._rebuild_tensor_v2)
-                storages[tensor.key] = array
-                return tensor
+                storage = _Storage(array, str(len(storages)))
+                storages[storage.key] = array
+                return _Tensor(storage, utils._rebuild_tensor_v2)
             if isinstance(value, collections.OrderedDict):
                 return collections.OrderedDict((k, wrap(v)) for k, v in value.items())
             if isinstance(value, dict):
@@ -72,7 +78,7 @@ def save_torch_checkpoint(path, obj):
 
         class _Pickler(pickle.Pickler):
             def persistent_id(self, obj):
-                if isinstance(obj, _Tensor):
+                if isinstance(obj, _Storage):
                     storage_type = getattr(torch, _STORAGE_NAMES[obj.array.dtype])
                     return ("storage", storage_type, obj.key, "cpu", obj.array.size)
                 return None
