@@ -31,7 +31,7 @@ import numbers
 import numpy as np
 
 __all__ = [
-    "BUDGET_INDICES", "NEVER", "ALWAYS",
+    "BUDGET_INDICES", "NEVER", "ALWAYS", "softmax",
     "exit_fractions", "find_thresholds", "assign_exits", "evaluate",
     "anytime_accuracy", "budget_curve",
     "thresholds_for_budget", "thresholds_for_accuracy",
@@ -59,6 +59,16 @@ _CHUNK_ELEMENTS = 1 << 22
 # --------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------
+
+def softmax(logits):
+    """Softmax over the last axis in float32: the scores every confidence here is taken from.
+
+    The offline evaluation and the deployment engine both call this, so that equal logits give
+    bit-equal confidences on both sides of a threshold."""
+    logits = np.asarray(logits, dtype=np.float32)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
 
 def _check_probs(probs):
     """Return probs as float32 (K, N, C), or raise a ValueError saying why not."""

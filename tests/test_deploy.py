@@ -1,0 +1,176 @@
+"""Export and early-exit inference: MindIR equals the Cells, the engine equals the offline simulation."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import mindspore as ms
+import pytest
+import yaml
+from mindspore import nn
+from PIL import Image
+
+from dvt_ms import adaptive
+from dvt_ms.export import MANIFEST_NAME, export_model, exit_signature
+from dvt_ms.infer import (EarlyExitEngine, InferenceError, Preprocessor, collect_images, load_manifest,
+                          load_thresholds, run_inference)
+from helpers import GOLDEN_MODELS, converted_golden_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREPROCESS = {"img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic",
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+NUM_IMAGES = 12
+
+
+@pytest.fixture(scope="module", params=sorted(GOLDEN_MODELS))
+def exported(request, golden_dir, tmp_path_factory):
+    family = request.param
+    work = tmp_path_factory.mktemp(f"deploy-{family}")
+    model, _ = converted_golden_model(golden_dir, family, work)
+    out = work / "mindir"
+    exit_thresholds = [0.2, 0.25, float(adaptive.ALWAYS)]
+    thresholds = {"model": GOLDEN_MODELS[family], "exit_thresholds": exit_thresholds,
+                  "budgets": [{"budget_index": 1, "exit_thresholds": exit_thresholds,
+                               "calibration_gflops": 0.02, "calibration_accuracy": 50.0}]}
+    export_model(model, out, GOLDEN_MODELS[family], PREPROCESS, class_names=[f"c{i}" for i in range(10)],
+                 thresholds=thresholds)
+    return family, model, out
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Labelled class folders of random RGB images of assorted sizes."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index in range(NUM_IMAGES):
+        folder = root / f"c{index % 3}"
+        folder.mkdir(exist_ok=True)
+        size = (int(rng.integers(200, 300)), int(rng.integers(200, 300)))
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{index}.png")
+    return root
+
+
+def _offline(model, images):
+    """Every exit on every image with the Cells: (K, N, C) softmax scores."""
+    return np.stack([adaptive.softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
+
+
+def _preprocessed(manifest, folder):
+    paths, labels, _ = collect_images([str(folder)])
+    preprocess = Preprocessor(manifest["preprocess"])
+    return paths, labels, np.stack([preprocess(p) for p in paths])
+
+
+def test_mindir_equals_cells_for_every_exit(exported, golden_dir):
+    family, model, out = exported
+    manifest = load_manifest(out)
+    images = ms.Tensor(np.load(golden_dir / f"{family}.npz")["images"])
+    reused = ()
+    for k, info in enumerate(manifest["exits"]):
+        assert info == {**info, **exit_signature(model.config, k)}
+        graph = nn.GraphCell(ms.load(str(out / info["file"])))
+        outputs = graph(images, *reused)
+        logits, feature, relations = model.stages[k](images, *(reused or (None, None)))
+        np.testing.assert_allclose(outputs[0].asnumpy(), logits.asnumpy(), atol=1e-5)
+        if k + 1 < model.config.num_exits:
+            np.testing.assert_allclose(outputs[1].asnumpy(), feature.asnumpy(), atol=1e-5)
+            np.testing.assert_allclose(outputs[2].asnumpy(), relations.asnumpy(), atol=1e-4)
+        # dynamic batch: a single image gives that image's row
+        single = graph(images[:1], *[t[:1] for t in reused])
+        np.testing.assert_allclose(single[0].asnumpy(), logits.asnumpy()[:1], atol=1e-5)
+        reused = tuple(outputs[1:])
+
+
+def _midpoint_thresholds(probs):
+    """Thresholds half-way between two neighbouring confidences, so that float rounding of a
+    different batch composition cannot move an image across one."""
+    thresholds = []
+    for k in range(probs.shape[0] - 1):
+        conf = np.sort(probs[k].max(axis=1))
+        middle = len(conf) // 2
+        thresholds.append(float((conf[middle - 1] + conf[middle]) / 2))
+    return thresholds + [float(adaptive.ALWAYS)]
+
+
+@pytest.mark.parametrize("case", ["calibrated", "all_at_exit_1", "none_before_last"])
+def test_engine_equals_offline_simulation(exported, image_folder, case):
+    family, model, out = exported
+    engine = EarlyExitEngine(str(out))
+    _, _, images = _preprocessed(engine.manifest, image_folder)
+    probs = _offline(model, images)
+    thresholds = {"calibrated": _midpoint_thresholds(probs),
+                  "all_at_exit_1": [float(adaptive.ALWAYS)] * 3,
+                  "none_before_last": [float(adaptive.NEVER)] * 2 + [float(adaptive.ALWAYS)]}[case]
+    exits, predictions, confidences = engine.classify(images, thresholds)
+    expected_exits, expected_predictions = adaptive.assign_exits(probs, np.float32(thresholds))
+    np.testing.assert_array_equal(exits, expected_exits)
+    np.testing.assert_array_equal(predictions, expected_predictions)
+    np.testing.assert_allclose(confidences, probs[exits, np.arange(len(exits))].max(axis=1), atol=1e-6)
+    if case == "calibrated":
+        assert len(set(exits.tolist())) > 1, "the thresholds should split the images across exits"
+    # batch of one: each image on its own takes the same exit with the same answer
+    for index in (0, len(images) - 1):
+        one_exit, one_prediction, _ = engine.classify(images[index:index + 1], thresholds)
+        assert (one_exit[0], one_prediction[0]) == (expected_exits[index], expected_predictions[index])
+
+
+def test_bad_image_is_skipped_and_reported(exported, image_folder, tmp_path):
+    _, _, out = exported
+    engine = EarlyExitEngine(str(out))
+    paths, labels, _ = collect_images([str(image_folder)])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    all_paths = paths[:3] + [str(bad)] + paths[3:]
+    all_labels = np.concatenate([labels[:3], [0], labels[3:]])
+    thresholds = engine.manifest["thresholds"]["exit_thresholds"]
+    records, summary = run_inference(engine, all_paths, all_labels, thresholds, batch_size=5)
+    assert [s["path"] for s in summary["skipped"]] == [str(bad)]
+    assert [r["path"] for r in records] == paths
+    reference, _ = run_inference(engine, paths, labels, thresholds, batch_size=len(paths), compare_all_exits=False)
+    assert [(r["exit"], r["class_index"]) for r in records] == [(r["exit"], r["class_index"]) for r in reference]
+    assert summary["accuracy"] == pytest.approx(100 * np.mean([r["correct"] for r in records]))
+    assert sum(summary["exit_shares"]) == pytest.approx(1.0)
+
+
+def _infer_cli(*args):
+    return subprocess.run([sys.executable, "-m", "dvt_ms.infer", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True)
+
+
+def test_cli_writes_results_and_summary(exported, image_folder, tmp_path):
+    family, _, out = exported
+    result = _infer_cli("--model", out, image_folder, "--out", tmp_path / "r.csv", "--summary", tmp_path / "s.json")
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0].startswith("path,class_index,class,confidence,exit") and len(lines) == NUM_IMAGES + 1
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert "measured_speedup" in summary and summary["predicted_speedup"] >= 1.0
+    assert "accuracy" in result.stdout
+
+
+def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
+    family, _, out = exported
+    results = tmp_path / "r.json"
+    wrong_exits = tmp_path / "wrong_exits.yaml"
+    wrong_exits.write_text(yaml.safe_dump({"model": GOLDEN_MODELS[family], "exit_thresholds": [0.5, -1e8]}))
+    wrong_model = tmp_path / "wrong_model.yaml"
+    wrong_model.write_text(yaml.safe_dump({"model": "dvt_t2t_vit_14", "exit_thresholds": [0.5, 0.5, -1e8]}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken_model = tmp_path / "broken_model"
+    broken_model.mkdir()
+    (broken_model / MANIFEST_NAME).write_text((out / MANIFEST_NAME).read_text())
+    cases = {
+        "has 2 exit_thresholds, the model has 3 exits": ("--model", out, "--thresholds", wrong_exits, image_folder),
+        "is for model 'dvt_t2t_vit_14'": ("--model", out, "--thresholds", wrong_model, image_folder),
+        "no images found": ("--model", out, empty),
+        "MindIR file exit1.mindir named in manifest.yaml is missing": ("--model", broken_model, image_folder),
+        "below the cheapest": ("--model", out, "--budget", "0.001", image_folder),
+    }
+    for message, args in cases.items():
+        result = _infer_cli(*args, "--out", results)
+        assert result.returncode == 2, (message, result.stderr)
+        assert message in result.stderr, (message, result.stderr)
+        assert not results.exists()
