@@ -11,11 +11,11 @@ import logging
 import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 
 from .cli_utils import parse_overrides
+from .fileio import atomic_write
 from .presets import PRESETS, build_config
 from .torch_checkpoint import CheckpointFormatError, load_torch_checkpoint
 
@@ -116,20 +116,6 @@ def _published_results(checkpoint, model_name, overrides):
     return results
 
 
-def _atomic_write(path, write):
-    """Run ``write(tmp_path)`` then rename over ``path``, so ``path`` is never half written."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    suffix = os.path.splitext(path)[1]
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(handle)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
 def convert_checkpoint(src, dst, model_name, overrides=None):
     """Convert ``src`` (.pth.tar) to ``dst`` (.ckpt) for preset ``model_name`` with ``overrides``.
 
@@ -150,10 +136,10 @@ def convert_checkpoint(src, dst, model_name, overrides=None):
     results = _published_results(checkpoint, model_name, overrides)
 
     params = [{"name": name, "data": ms.Tensor(array)} for name, array in arrays.items()]
-    _atomic_write(str(dst), lambda tmp: ms.save_checkpoint(params, tmp))
+    atomic_write(str(dst), lambda tmp: ms.save_checkpoint(params, tmp))
     yaml_path = published_results_path(dst)
     try:
-        _atomic_write(yaml_path, lambda tmp: _write_yaml(tmp, results, yaml))
+        atomic_write(yaml_path, lambda tmp: _write_yaml(tmp, results, yaml))
     except BaseException:
         os.remove(dst)   # keep the pair consistent: no checkpoint without its results
         raise

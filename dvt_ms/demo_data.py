@@ -27,10 +27,10 @@ class shapes, so every label is unambiguous.
 Everything is deterministic: each image has its own generator seeded from
 ``(seed, split, class, index)``, so an image does not depend on how many others were generated.
 
-``write_dataset`` lays the images out ImageNet style (``root/{train,val}/<class>/*.png``) so the
+``write_dataset`` lays the images out ImageNet style (``root/{train,val[,calib]}/<class>/*.png``) so the
 ordinary folder loaders read it. Command line::
 
-    python -m dvt_ms.demo_data ROOT [--train-per-class N] [--val-per-class N]
+    python -m dvt_ms.demo_data ROOT [--train-per-class N] [--val-per-class N] [--calib-per-class N]
                                     [--image-size S] [--seed S] [--num-classes N]
 """
 import argparse
@@ -61,7 +61,8 @@ assert list(CLASS_NAMES) == sorted(CLASS_NAMES)
 GENERATOR_VERSION = 1
 MANIFEST_NAME = "dataset.json"
 DIFFICULTY_NAME = "difficulty.json"
-SPLITS = ("train", "val")
+# "calib": held-out images for threshold calibration (index order fixes the per-image seeds).
+SPLITS = ("train", "val", "calib")
 
 # Shapes are drawn this many times larger and box-filtered down, which antialiases their edges.
 SUPERSAMPLE = 4
@@ -348,7 +349,7 @@ def _draw_difficulty(rng):
 # Writing the dataset to disk
 # --------------------------------------------------------------------------------------------
 
-def _manifest(num_classes, train_per_class, val_per_class, image_size, seed):
+def _manifest(num_classes, train_per_class, val_per_class, calib_per_class, image_size, seed):
     return {
         "generator": "dvt_ms.demo_data",
         "generator_version": GENERATOR_VERSION,
@@ -356,6 +357,7 @@ def _manifest(num_classes, train_per_class, val_per_class, image_size, seed):
         "num_classes": num_classes,
         "train_per_class": train_per_class,
         "val_per_class": val_per_class,
+        "calib_per_class": calib_per_class,
         "image_size": image_size,
         "seed": seed,
     }
@@ -370,10 +372,10 @@ def read_manifest(root):
         return json.load(f)
 
 
-def _check_parameters(num_classes, train_per_class, val_per_class, image_size):
+def _check_parameters(num_classes, train_per_class, val_per_class, calib_per_class, image_size):
     if not 1 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
-    if train_per_class < 0 or val_per_class < 0:
+    if min(train_per_class, val_per_class, calib_per_class) < 0:
         raise ValueError("image counts per class must not be negative")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
@@ -426,17 +428,17 @@ def _reuse_existing(root, manifest):
 
 
 def write_dataset(root, num_classes=len(CLASS_NAMES), train_per_class=300, val_per_class=75,
-                  image_size=64, seed=0):
+                  image_size=64, seed=0, calib_per_class=0):
     """Write the dataset to ``root`` (or reuse it if already there) and return its manifest.
 
-    Layout: ``root/{train,val}/<class_name>/<class_name>_NNNNN.png``, ``root/difficulty.json``
+    Layout: ``root/{train,val[,calib]}/<class_name>/<class_name>_NNNNN.png``, ``root/difficulty.json``
     (relative path -> difficulty) and ``root/dataset.json`` (the manifest). The dataset is built
     in a hidden temporary sibling directory and renamed into place, so ``root`` is either absent
     or complete. Raises ``DatasetMismatchError`` if ``root`` holds anything else.
     """
-    _check_parameters(num_classes, train_per_class, val_per_class, image_size)
+    _check_parameters(num_classes, train_per_class, val_per_class, calib_per_class, image_size)
     root = pathlib.Path(root)
-    manifest = _manifest(num_classes, train_per_class, val_per_class, image_size, seed)
+    manifest = _manifest(num_classes, train_per_class, val_per_class, calib_per_class, image_size, seed)
     existing = _reuse_existing(root, manifest)
     if existing is not None:
         logger.info("reusing demo dataset at %s", root)
@@ -447,7 +449,7 @@ def write_dataset(root, num_classes=len(CLASS_NAMES), train_per_class=300, val_p
     try:
         logger.info("generating demo dataset in %s", root)
         difficulties = {}
-        for split in SPLITS:
+        for split in (s for s in SPLITS if manifest[f"{s}_per_class"] > 0):
             _write_split(staging, split, manifest, difficulties)
         _write_json(staging / DIFFICULTY_NAME, difficulties)
         _write_json(staging / MANIFEST_NAME, manifest)
@@ -470,6 +472,8 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=int, default=len(CLASS_NAMES))
     parser.add_argument("--train-per-class", type=int, default=300)
     parser.add_argument("--val-per-class", type=int, default=75)
+    parser.add_argument("--calib-per-class", type=int, default=0,
+                        help="also write a held-out calib/ split for threshold calibration")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -477,6 +481,7 @@ def main(argv=None):
     try:
         write_dataset(args.root, num_classes=args.num_classes,
                       train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                      calib_per_class=args.calib_per_class,
                       image_size=args.image_size, seed=args.seed)
     except (DatasetMismatchError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")

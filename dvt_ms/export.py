@@ -1,20 +1,23 @@
 """Export a trained cascade as one MindIR file per exit, plus a manifest for deployment.
 
+    python -m dvt_ms.export CONFIG --ckpt X.ckpt --out DIR [--thresholds T.yaml] [key=value ...]
+
 Exit k's graph takes the images and exit k-1's reuse tensors and returns its logits and the reuse
 tensors exit k+1 needs, all with a dynamic batch dimension, so an engine can pass on only the
 images that did not exit. The manifest (manifest.yaml) says how to preprocess, what each graph
 takes and gives, each exit's GFLOPs and, when given, the calibrated thresholds.
 """
+import argparse
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
+import sys
 
 import mindspore as ms
 import yaml
 from mindspore import nn
 
+from .fileio import staged_directory
 from .flops import model_flops
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "ExitGraph", "exit_signature", "export_model"]
@@ -93,13 +96,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
         check_thresholds_fit(thresholds, model_name, config.num_exits, "thresholds")
     if class_names is not None and len(class_names) != config.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {config.num_classes} classes")
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with staged_directory(out_dir, overwrite) as staging:
         model.set_train(False)
         flops = model_flops(config)
         exits = []
@@ -119,10 +116,6 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
                     "exits": exits, "thresholds": thresholds}
         with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:
             yaml.safe_dump(manifest, handle, sort_keys=False)
-        _replace_dir(staging, out_dir)
-    finally:
-        if os.path.isdir(staging):
-            shutil.rmtree(staging)
     LOGGER.info("wrote %d MindIR files and %s to %s", config.num_exits, MANIFEST_NAME, out_dir)
     return manifest
 
@@ -145,12 +138,65 @@ def _plain(value):
     return value
 
 
-def _replace_dir(staging, out_dir):
-    if os.path.exists(out_dir):
-        backup = tempfile.mkdtemp(prefix=".old-export-", dir=os.path.dirname(out_dir))
-        os.rmdir(backup)
-        os.replace(out_dir, backup)
-        os.replace(staging, out_dir)
-        shutil.rmtree(backup)
-    else:
-        os.replace(staging, out_dir)
+# ImageNet statistics, as fractions of 255 (mindcv's eval transforms use these).
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _class_names(config, num_classes):
+    """Class folder names of the training split, when it is an image folder with the right count."""
+    if config.dataset != "imagenet" or not config.data_dir:
+        return None
+    root = os.path.join(config.data_dir, config.train_split)
+    if not os.path.isdir(root):
+        return None
+    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return names if len(names) == num_classes else None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="run_export.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="YAML config of the model")
+    parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")
+    parser.add_argument("--out", required=True, help="directory for exit*.mindir and manifest.yaml")
+    parser.add_argument("--thresholds", help="thresholds.yaml from run_eval.sh, stored in the manifest")
+    parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    args = parser.parse_intermixed_args(argv)   # key=value may follow the options
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import dvt_ms
+    from .cli_utils import parse_overrides
+    from .config import ConfigError, load_config, model_overrides
+    from .evaluate import load_model_weights
+    from .runtime import resolve_device
+
+    try:
+        config = load_config(args.config, parse_overrides(args.overrides))
+        thresholds = None
+        if args.thresholds:
+            with open(args.thresholds, encoding="utf-8") as handle:
+                thresholds = yaml.safe_load(handle)
+            if not isinstance(thresholds, dict):
+                raise ValueError(f"{args.thresholds}: not a thresholds file")
+            check_thresholds_fit(thresholds, config.model, dvt_ms.build_config(
+                config.model, **model_overrides(config)).num_exits, args.thresholds)
+        ms.set_context(mode=ms.GRAPH_MODE)
+        ms.set_device(resolve_device(config.device_target))
+        model = dvt_ms.create_model(config.model, **model_overrides(config))
+        load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
+        preprocess = {"img_size": model.config.img_size, "crop_pct": config.crop_pct,
+                      "resize": round(model.config.img_size / config.crop_pct),
+                      "interpolation": config.interpolation, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes),
+                     thresholds, args.overwrite)
+    except (ConfigError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {model.config.num_exits} exits to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,4 @@
 """Transformer building blocks of a DVT stage: MLP, attention that exposes its relation, block."""
-import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 from mindcv.models.layers.drop_path import DropPath

@@ -19,4 +19,4 @@ fi
 export PATH="$DVT_VENV/bin:$PATH"
 export PYTHONPATH="$DVT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export GLOG_v="${GLOG_v:-3}"   # MindSpore: errors only, unless the user asks for more
-cd "$DVT_ROOT"
+

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
 # The whole test suite on CPU in GRAPH_MODE. Sets up .venv on first use. Extra args go to pytest.
 source "$(dirname "$0")/_env.sh"
+cd "$DVT_ROOT"
 exec python -m pytest tests "$@"

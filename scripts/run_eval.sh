@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Evaluate every exit and calibrate thresholds: bash scripts/run_eval.sh CONFIG --ckpt X.ckpt --data DIR [--out REPORT] [...]
+source "$(dirname "$0")/_env.sh"
+exec python -m dvt_ms.evaluate "$@"

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# One MindIR per exit plus manifest.yaml: bash scripts/run_export.sh CONFIG --ckpt X.ckpt --out DIR [--thresholds T.yaml]
+source "$(dirname "$0")/_env.sh"
+exec python -m dvt_ms.export "$@"
