@@ -1,0 +1,116 @@
+"""Config schema: every shipped config loads; bad keys, types and values are errors that say what is wrong."""
+import pathlib
+
+import pytest
+
+from dvt_ms.config import OPTIONS, SCHEMA, ConfigError, load_config, model_overrides, schema_markdown
+from dvt_ms.presets import OVERRIDABLE_KEYS
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+REQUIRED = {"data_dir": "/data"}
+
+
+def _error(overrides):
+    with pytest.raises(ConfigError) as raised:
+        load_config(overrides={**REQUIRED, **overrides})
+    return str(raised.value)
+
+
+def test_every_shipped_config_is_valid():
+    names = {path.name for path in CONFIGS}
+    assert {"tiny_cpu.yaml", "dvt_t2t_vit_12_imagenet.yaml", "dvt_t2t_vit_14_imagenet.yaml",
+            "dvt_deit_small_imagenet.yaml", "dvt_t2t_vit_12_cifar10.yaml", "dvt_t2t_vit_12_cifar100.yaml"} <= names
+    for path in CONFIGS:
+        load_config(path)
+
+
+def test_published_recipe_values():
+    t2t12 = load_config(CONFIGS[0].parent / "dvt_t2t_vit_12_imagenet.yaml")
+    assert (t2t12.lr, t2t12.weight_decay, t2t12.batch_size) == (2e-3, 0.03, 128)
+    deit = load_config(CONFIGS[0].parent / "dvt_deit_small_imagenet.yaml")
+    assert (deit.lr, deit.weight_decay, deit.batch_size) == (5e-4, 0.05, 64)
+    for config in (t2t12, deit):
+        assert (config.epochs, config.warmup_epochs, config.cooldown_epochs) == (300, 20, 10)
+        assert (config.warmup_lr, config.min_lr, config.drop_path_rate, config.ema_decay) == (1e-6, 1e-5, 0.1, 0.99996)
+        assert (config.mixup, config.cutmix, config.label_smoothing, config.re_prob) == (0.8, 1.0, 0.1, 0.25)
+        assert config.auto_augment == "randaug-m9-mstd0.5-inc1"
+
+
+def test_defaults_and_overrides():
+    config = load_config(overrides={**REQUIRED, "lr": "1e-3", "patch_grids": [4, 6, 8], "model": "dvt_deit_small"})
+    assert config.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string; it is still a number
+    assert config.patch_grids == (4, 6, 8)
+    assert model_overrides(config) == {"patch_grids": (4, 6, 8)}
+    assert config.batch_size == OPTIONS["batch_size"].default
+
+
+def test_yaml_file_then_command_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data_dir: /data\nlr: 0.01\nepochs: 5\nwarmup_epochs: 1\n")
+    config = load_config(path, {"epochs": 7})
+    assert (config.lr, config.epochs) == (0.01, 7)
+
+
+def test_unknown_key_suggests_nearest(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("data_dir: /data\nlearning_rat: 0.1\nwarmup_epoch: 3\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "'warmup_epoch'" in message and "did you mean 'warmup_epochs'" in message
+    assert "'learning_rat'" in message
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"batch_size": "64"}, "batch_size must be an integer, got '64' (str)"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"ema": "yes"}, "ema must be true or false"),
+    ({"lr": "fast"}, "lr must be a number, got 'fast'"),
+    ({"hflip": 1.5}, "hflip must be <= 1.0, got 1.5"),
+    ({"scale": [0.9, 0.1]}, "scale must be [low, high] with low <= high"),
+    ({"opt": "adamm"}, "opt must be one of adamw"),
+    ({"model": "dvt_vit_huge"}, "model must be one of"),
+    ({"patch_grids": [4, "six"]}, "patch_grids must be a non-empty list of integers"),
+    ({"epochs": None}, "epochs must be set"),
+    ({"warmup_epochs": 30, "epochs": 10}, "warmup_epochs (30) exceeds epochs (10)"),
+    ({"model": "dvt_deit_small", "embed_dim": 100}, "embed_dim 100 is not divisible by num_heads 6"),
+    ({"model": "dvt_deit_small", "patch_grids": [8, 4, 14]}, "must strictly increase"),
+    ({"batch_size": 63}, "batch_size must be even when mixup/cutmix is on"),
+    ({"dataset": "cifar10", "val_split": "val"}, "val_split must be train or test for cifar10, got 'val'"),
+    ({"auto_augment": "randomaug"}, "auto_augment 'randomaug' is not a mindcv policy"),
+])
+def test_bad_values_name_key_and_value(overrides, expected):
+    assert expected in _error(overrides)
+
+
+def test_data_dir_is_required():
+    with pytest.raises(ConfigError, match="data_dir must be set"):
+        load_config(overrides={})
+
+
+def test_all_errors_reported_at_once():
+    message = _error({"batch_size": -1, "lr": "x", "epoch": 3})
+    assert "batch_size" in message and "lr" in message and "did you mean 'epochs'" in message
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- lr\n- 0.1\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)
+
+
+def test_schema_covers_every_model_field_and_renders():
+    names = [option.name for option in SCHEMA]
+    assert len(names) == len(set(names))
+    assert set(OVERRIDABLE_KEYS) <= set(names)
+    assert all(option.doc for option in SCHEMA)
+    assert not any(option.doc.startswith("architecture override") for option in SCHEMA), \
+        "a DVTConfig field has no doc line in dvt_ms/config.py"
+    table = schema_markdown()
+    assert table.startswith("| key | type | default | meaning |")
+    for name in names:
+        assert f"| `{name}` |" in table
