@@ -20,7 +20,7 @@ import mindspore as ms
 from .fileio import atomic_write
 
 __all__ = ["CheckpointError", "TrainingState", "CheckpointManager", "atomic_save_checkpoint",
-           "load_training_checkpoint", "load_pretrained"]
+           "load_training_checkpoint", "load_pretrained", "load_model_weights"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ _HEAD = re.compile(r"^stages\.\d+\.head\.(weight|bias)$")
 # Recomputed from the config on every start (its length depends on steps per epoch).
 _NOT_SAVED = ("learning_rate",)
 _STATE_PREFIX = "training_state."
+_EMA_PREFIX = "ema."   # TrainStep's names for the EMA copies of the model's parameters
 
 
 class CheckpointError(RuntimeError):
@@ -160,3 +161,21 @@ def load_pretrained(model, path):
     _check_shapes(model, weights, path)
     ms.load_param_into_net(model, weights, strict_load=True)
     _logger.info("initialised the model from %s", path)
+
+
+def load_model_weights(model, path, use_ema=True):
+    """Load a converted or a training checkpoint into ``model`` for evaluation or export: its EMA
+    weights when it has them and ``use_ema``. Every model parameter must be there with its shape.
+    Returns whether the EMA weights were used."""
+    params = _read(path)
+    prefix = _EMA_PREFIX if use_ema and any(name.startswith(_EMA_PREFIX) for name in params) else ""
+    weights = {param.name: params[prefix + param.name] for param in model.get_parameters()
+               if prefix + param.name in params}
+    missing = sorted(set(param.name for param in model.get_parameters()) - set(weights))
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} parameters of the model (e.g. "
+                              f"{[prefix + name for name in missing[:3]]}); is it a checkpoint of this architecture?")
+    _check_shapes(model, weights, path)
+    ms.load_param_into_net(model, weights, strict_load=True)
+    _logger.info("loaded the %s weights of %s", "EMA" if prefix else "model", path)
+    return bool(prefix)

@@ -24,36 +24,9 @@ import yaml
 from . import adaptive
 from .fileio import staged_directory
 
-__all__ = ["load_model_weights", "exit_probabilities", "calibrate", "write_report", "main"]
+__all__ = ["exit_probabilities", "calibrate", "write_report", "main"]
 
 LOGGER = logging.getLogger(__name__)
-EMA_PREFIX = "ema."
-
-
-def load_model_weights(model, path, use_ema=True):
-    """Load a converted or a training checkpoint into ``model`` (its EMA weights when it has them
-    and ``use_ema``). Every model parameter must be there with its shape."""
-    import mindspore as ms
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    stored = ms.load_checkpoint(path)
-    has_ema = any(name.startswith(EMA_PREFIX) for name in stored)
-    prefix = EMA_PREFIX if (use_ema and has_ema) else ""
-    weights, problems = {}, []
-    for param in model.get_parameters():
-        value = stored.get(prefix + param.name)
-        if value is None:
-            problems.append(f"missing {prefix + param.name}")
-        elif tuple(value.shape) != tuple(param.shape):
-            problems.append(f"{prefix + param.name} has shape {tuple(value.shape)}, the model {tuple(param.shape)}")
-        else:
-            weights[param.name] = value
-    if problems:
-        raise ValueError(f"{path} does not fit the model: " + "; ".join(problems[:5])
-                         + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
-    ms.load_param_into_net(model, weights, strict_load=True)
-    LOGGER.info("loaded %s weights from %s", "EMA" if prefix else "model", path)
-    return bool(prefix)
 
 
 def exit_probabilities(model, loader, description):
@@ -167,6 +140,7 @@ def main(argv=None):
 
     import mindspore as ms
     import dvt_ms
+    from .checkpoints import CheckpointError, load_model_weights
     from .cli_utils import parse_overrides
     from .config import ConfigError, load_config, model_overrides
     from .data import DataError
@@ -199,7 +173,7 @@ def main(argv=None):
         per_exit, thresholds = write_report(out_dir, config.model, flops,
                                             adaptive.anytime_accuracy(calib_probs, calib_targets),
                                             adaptive.anytime_accuracy(val_probs, val_targets), rows, args.overwrite)
-    except (ConfigError, DataError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (CheckpointError, ConfigError, DataError, ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for row in per_exit:

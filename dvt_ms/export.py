@@ -169,7 +169,7 @@ def main(argv=None):
     import dvt_ms
     from .cli_utils import parse_overrides
     from .config import ConfigError, load_config, model_overrides
-    from .evaluate import load_model_weights
+    from .checkpoints import CheckpointError, load_model_weights
     from .runtime import resolve_device
 
     try:
@@ -191,7 +191,7 @@ def main(argv=None):
                       "interpolation": config.interpolation, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes),
                      thresholds, args.overwrite)
-    except (ConfigError, ValueError, OSError) as err:
+    except (CheckpointError, ConfigError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {model.config.num_exits} exits to {args.out}")

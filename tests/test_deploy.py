@@ -175,3 +175,22 @@ def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
         assert result.returncode == 2, (message, result.stderr)
         assert message in result.stderr, (message, result.stderr)
         assert not results.exists()
+
+
+def test_evaluation_weights_prefer_the_ema_copy(tmp_path):
+    import dvt_ms
+    from dvt_ms.checkpoints import CheckpointError, load_model_weights
+    overrides = dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3, img_size=32,
+                     patch_grids=[2, 4])
+    source = dvt_ms.create_model("dvt_deit_small", **overrides)
+    params = [{"name": p.name, "data": p.data} for p in source.get_parameters()]
+    params += [{"name": "ema." + p.name, "data": ms.Tensor(p.asnumpy() + 1.0)} for p in source.get_parameters()]
+    ms.save_checkpoint(params, str(tmp_path / "train.ckpt"))
+    for use_ema, offset in ((True, 1.0), (False, 0.0)):
+        target = dvt_ms.create_model("dvt_deit_small", **overrides)
+        assert load_model_weights(target, str(tmp_path / "train.ckpt"), use_ema=use_ema) is use_ema
+        for mine, theirs in zip(target.get_parameters(), source.get_parameters()):
+            np.testing.assert_array_equal(mine.asnumpy(), theirs.asnumpy() + offset)
+    bigger = dvt_ms.create_model("dvt_deit_small", **{**overrides, "depth": 2})
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_model_weights(bigger, str(tmp_path / "train.ckpt"))
