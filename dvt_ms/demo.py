@@ -65,7 +65,9 @@ def _exit_grid(path, records, num_exits):
     """Up to GRID_IMAGES_PER_EXIT images answered at each exit, one row per exit."""
     images, captions, colours = [], [], []
     for k in range(1, num_exits + 1):
-        answered = [r for r in records if r["exit"] == k][:GRID_IMAGES_PER_EXIT]
+        answered = [r for r in records if r["exit"] == k]
+        # records run class by class: take them evenly spaced to show every class
+        answered = answered[::max(1, len(answered) // GRID_IMAGES_PER_EXIT)][:GRID_IMAGES_PER_EXIT]
         for record in answered:
             with Image.open(record["path"]) as image:
                 images.append(image.convert("RGB"))
