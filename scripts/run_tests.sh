@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on CPU in GRAPH_MODE. Sets up .venv on first use. Extra args go to pytest.
+# The whole test suite on CPU in GRAPH_MODE. Sets up .venv on first use. Extra args go to pytest
+# (e.g. tests/test_model.py -k golden runs just those).
 source "$(dirname "$0")/_env.sh"
 cd "$DVT_ROOT"
-exec python -m pytest tests "$@"
+exec python -m pytest "$@"   # pytest.ini: testpaths = tests
