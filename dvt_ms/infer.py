@@ -92,7 +92,7 @@ def bucket_sizes(max_batch):
 class EarlyExitEngine:
     """The exported exits as GraphCells, run with real early exit.
 
-    The images that go on to a later exit are padded up to the next bucket size (a power of two):
+    Batches are padded up to the next bucket size (a power of two) at every exit:
     each new input shape costs MindSpore a kernel resize (~0.2 s on CPU), so a handful of fixed
     shapes, compiled once by ``warm_up``, beats a different shape at every call."""
 
@@ -128,7 +128,8 @@ class EarlyExitEngine:
         predictions = np.zeros(count, np.int64)
         confidences = np.zeros(count, np.float32)
         remaining = np.arange(count)            # original index of each real row of the batch
-        batch = ms.Tensor(images)
+        padding = self._bucket(count) - count
+        batch = ms.Tensor(np.concatenate([images, np.repeat(images[-1:], padding, axis=0)]) if padding else images)
         reused = ()
         for k, graph in enumerate(self.exits):
             outputs = graph(batch, *reused)
