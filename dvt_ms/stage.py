@@ -23,9 +23,7 @@ class DVTStage(nn.Cell):
 
     def __init__(self, config, exit_index):
         super().__init__()
-        self.exit_index = exit_index
-        self.grid = config.grids[exit_index]
-        self.depth = config.depth
+        grid = config.grids[exit_index]
         self.num_heads = config.num_heads
         uses_features, uses_relations = config.stage_reuses(exit_index)
         prev_grid = config.grids[exit_index - 1] if exit_index else None
@@ -39,10 +37,10 @@ class DVTStage(nn.Cell):
         self.blocks = nn.CellList([
             Block(config.embed_dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.layernorm_eps,
                   drop=config.drop_rate, drop_path=float(rate),
-                  feature_reuse=(FeatureReuse(config.embed_dim, prev_grid, self.grid, config.layernorm_eps,
+                  feature_reuse=(FeatureReuse(config.embed_dim, prev_grid, grid, config.layernorm_eps,
                                               config.drop_rate) if uses_features else None))
             for rate in drop_path_rates])
-        self.relation_reuse = (RelationReuse(config.num_heads * config.depth, prev_grid, self.grid)
+        self.relation_reuse = (RelationReuse(config.num_heads * config.depth, prev_grid, grid)
                                if uses_relations else None)
         self.uses_feature_reuse = uses_features
         self.norm = LayerNorm(config.embed_dim, config.layernorm_eps)
