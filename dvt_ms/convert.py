@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from .cli_utils import parse_overrides
-from .fileio import atomic_write
+from .fileio import atomic_write, atomic_write_text
 from .presets import PRESETS, build_config
 from .torch_checkpoint import CheckpointFormatError, load_torch_checkpoint
 
@@ -139,17 +139,12 @@ def convert_checkpoint(src, dst, model_name, overrides=None):
     atomic_write(str(dst), lambda tmp: ms.save_checkpoint(params, tmp))
     yaml_path = published_results_path(dst)
     try:
-        atomic_write(yaml_path, lambda tmp: _write_yaml(tmp, results, yaml))
+        atomic_write_text(yaml_path, yaml.safe_dump(results, sort_keys=False, default_flow_style=None))
     except BaseException:
         os.remove(dst)   # keep the pair consistent: no checkpoint without its results
         raise
     LOGGER.info("wrote %s (%d tensors) and %s", dst, len(params), yaml_path)
     return results
-
-
-def _write_yaml(path, data, yaml):
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=None)
 
 
 def main(argv=None):

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from .adaptive import NEVER, softmax
+from .data import IMAGE_EXTENSIONS
 from .fileio import atomic_write_text
 from .export import MANIFEST_FORMAT, MANIFEST_NAME, check_thresholds_fit
 
@@ -28,7 +29,6 @@ __all__ = ["InferenceError", "load_manifest", "load_thresholds", "select_budget"
            "collect_images", "labels_in_model_order", "Preprocessor", "run_inference", "main"]
 
 LOGGER = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class InferenceError(ValueError):
