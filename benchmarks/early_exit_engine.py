@@ -20,15 +20,15 @@ import time
 import numpy as np
 import mindspore as ms
 
-from dvt_ms import adaptive
-from dvt_ms.infer import EarlyExitEngine
+from dvt_ms.calibrate import search
+from dvt_ms.deploy.engine import EarlyExitEngine
 
 LOGGER = logging.getLogger("early_exit_engine")
 
 
 def _export_preset(name, out_dir):
     import dvt_ms
-    from dvt_ms.export import IMAGENET_MEAN, IMAGENET_STD, export_model
+    from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
     model = dvt_ms.create_model(name)
     preprocess = {"img_size": 224, "crop_pct": 0.875, "resize": 256, "interpolation": "bicubic",
                   "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -37,7 +37,7 @@ def _export_preset(name, out_dir):
 
 def _thresholds_for_shares(probs, shares):
     """Thresholds that stop ``shares[k]`` of the images at exit k (the published search's rule)."""
-    return adaptive.find_thresholds(probs, np.asarray(shares, np.float32))
+    return search.find_thresholds(probs, np.asarray(shares, np.float32))
 
 
 def _median_seconds(run, repeats):
@@ -79,11 +79,11 @@ def main():
             parser.error(f"--shares needs {engine.num_exits} values summing to 1")
 
         # every exit on every image: also gives the scores that set the thresholds
-        never = [float(adaptive.NEVER)] * engine.num_exits
+        never = [float(search.NEVER)] * engine.num_exits
         all_exits = _median_seconds(lambda: [engine.classify(b, never) for b in batches], args.repeats)
         probs = np.concatenate([_all_probs(engine, b) for b in batches], axis=1)
         thresholds = _thresholds_for_shares(probs, args.shares)
-        exits, _ = adaptive.assign_exits(probs, thresholds)
+        exits, _ = search.assign_exits(probs, thresholds)
         shares = np.bincount(exits, minlength=engine.num_exits) / len(exits)
         early = _median_seconds(lambda: [engine.classify(b, thresholds) for b in batches], args.repeats)
         last_alone = _median_seconds(lambda: [_last_exit_alone(engine, b) for b in batches], args.repeats)
@@ -113,7 +113,7 @@ def _all_probs(engine, batch):
     tensor = ms.Tensor(batch)
     for graph in engine.exits:
         outputs = graph(tensor, *reused)
-        probs.append(adaptive.softmax(outputs[0].asnumpy()))
+        probs.append(search.softmax(outputs[0].asnumpy()))
         reused = tuple(outputs[1:])
     return np.stack(probs)
 

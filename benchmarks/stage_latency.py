@@ -15,7 +15,7 @@ import numpy as np
 import mindspore as ms
 
 import dvt_ms
-from dvt_ms.flops import model_flops
+from dvt_ms.models.flops import model_flops
 
 LOGGER = logging.getLogger("stage_latency")
 

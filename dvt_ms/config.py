@@ -1,11 +1,12 @@
-"""Training configuration: one schema, flat mindcv-style YAML keys, validated on load.
+"""The run configuration shared by train, calibrate and export: one schema, flat mindcv-style
+YAML keys, validated on load.
 
 ``SCHEMA`` is the single source of truth: every key with its type, default and a one-line doc.
 ``load_config`` reads a YAML file plus ``key=value`` overrides and rejects unknown keys (suggesting
 the nearest valid one), wrong types and impossible values, naming the key, the value and where it
 came from. ``schema_markdown`` renders the schema as the README's table.
 
-Model keys are the fields of ``dvt_ms.presets.DVTConfig``: ``null`` means "the preset's value".
+Model keys are the fields of ``dvt_ms.models.DVTConfig``: ``null`` means "the preset's value".
 """
 import dataclasses
 import difflib
@@ -13,14 +14,10 @@ import typing
 
 import yaml
 
-from .presets import OVERRIDABLE_KEYS, PRESETS, DVTConfig, build_config
+from .errors import ConfigError
+from .models.presets import FIELD_TYPES, OVERRIDABLE_KEYS, PRESETS, build_config
 
-__all__ = ["ConfigError", "Option", "SCHEMA", "TrainConfig", "load_config", "model_overrides",
-           "schema_markdown"]
-
-
-class ConfigError(ValueError):
-    """A config that cannot be trained; the message names every offending key and value."""
+__all__ = ["Option", "SCHEMA", "TrainConfig", "load_config", "model_overrides", "schema_markdown"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +48,17 @@ _MODEL_DOCS = {
     "token_dim": "t2t only: width of the Tokens-to-Token Performers",
     "feature_reuse": "exits > 1 reuse the previous exit's features",
     "relation_reuse": "exits > 1 reuse the previous exit's attention logits",
-    "drop_rate": "dropout before the heads",
+    "drop_rate": "dropout on the position-embedded tokens, the attention projections and the MLPs "
+                 "(0 in the published recipe)",
     "drop_path_rate": "stochastic depth, linear over depth (published recipe: 0.1)",
 }
 _KIND_NAMES = {"ints": "list of int", "pair": "[float, float]"}
-_FIELD_KINDS = {int: "int", float: "float", bool: "bool", str: "str", typing.Tuple[int, ...]: "ints"}
+_FIELD_KINDS = {int: "int", float: "float", bool: "bool", tuple: "ints"}
 
 
 def _model_options():
-    fields = {f.name: f for f in dataclasses.fields(DVTConfig)}
-    return [Option(name, _FIELD_KINDS[fields[name].type], None,
-                   _MODEL_DOCS.get(name, "architecture override (see dvt_ms.presets.DVTConfig)"),
+    return [Option(name, _FIELD_KINDS[FIELD_TYPES[name]], None,
+                   _MODEL_DOCS.get(name, "architecture override (see dvt_ms.models.DVTConfig)"),
                    "model", nullable=True)
             for name in OVERRIDABLE_KEYS]
 
@@ -234,7 +231,7 @@ def _validate_value(option, value):
 
 def _unknown_key_message(key, source):
     close = difflib.get_close_matches(key, OPTIONS, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else "; see `python -m dvt_ms.train --list-keys`"
+    hint = f"; did you mean {close[0]!r}?" if close else "; see `python -m dvt_ms.train --list_keys`"
     return f"{source}: unknown key {key!r}{hint}"
 
 

@@ -4,6 +4,8 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 
+from .errors import OutputPathError
+
 __all__ = ["atomic_write", "atomic_write_text", "staged_directory"]
 
 
@@ -35,7 +37,7 @@ def staged_directory(out_dir, overwrite=False):
     An existing non-empty ``out_dir`` is an error unless ``overwrite``."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)")
+        raise OutputPathError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)

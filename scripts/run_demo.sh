@@ -19,10 +19,10 @@ data="$out/data"
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 
 step "1/6 embedded dataset -> $data"
-python -m dvt_ms.demo_data "$data" \
-  --train-per-class "${DVT_DEMO_TRAIN_PER_CLASS:-250}" \
-  --calib-per-class "${DVT_DEMO_CALIB_PER_CLASS:-50}" \
-  --val-per-class "${DVT_DEMO_VAL_PER_CLASS:-60}" --image-size 64
+python -m dvt_ms.demo.dataset "$data" \
+  --train_per_class "${DVT_DEMO_TRAIN_PER_CLASS:-250}" \
+  --calib_per_class "${DVT_DEMO_CALIB_PER_CLASS:-50}" \
+  --val_per_class "${DVT_DEMO_VAL_PER_CLASS:-60}" --image_size 64
 
 step "2/6 train (configs/demo.yaml)"
 bash "$DVT_ROOT/scripts/run_train.sh" "$config" data_dir="$data" output_dir="$out/train" resume=auto "$@"

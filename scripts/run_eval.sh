@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
 # Evaluate every exit and calibrate thresholds: bash scripts/run_eval.sh CONFIG --ckpt X.ckpt --data DIR [--out REPORT] [...]
+set -euo pipefail
 source "$(dirname "$0")/_env.sh"
-exec python -m dvt_ms.evaluate "$@"
+exec python -m dvt_ms.calibrate "$@"

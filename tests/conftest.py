@@ -1,14 +1,17 @@
-"""Every test runs on CPU in GRAPH_MODE, the mode used on Ascend."""
-import os
+"""Every test runs on CPU in GRAPH_MODE, the mode used on Ascend.
+
+Markers: ``slow`` marks the end-to-end runs (demo, msrun, resume, CLI pipelines); ``-m "not slow"``
+gives the fast set in a minute or two. The golden files live in ``tests/golden`` (see its README).
+"""
+import colorsys
 import pathlib
-import sys
 
 import mindspore as ms
+import numpy as np
 import pytest
+from PIL import Image
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-GOLDEN = pathlib.Path(os.environ.get("DVT_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
@@ -16,8 +19,6 @@ ms.set_device("CPU")
 
 @pytest.fixture(scope="session")
 def golden_dir():
-    if not GOLDEN.is_dir():
-        pytest.fail(f"golden files not found at {GOLDEN} (set DVT_GOLDEN_DIR)")
     return GOLDEN
 
 
@@ -25,3 +26,31 @@ def golden_dir():
 def converted_dir(tmp_path_factory):
     """One directory for golden checkpoints converted once per session."""
     return tmp_path_factory.mktemp("converted")
+
+
+def write_class_folders(root, num_classes, per_class, size=32, seed=0):
+    """``root/c<k>/<i>.png``: noisy images of class k's own colour, learnable within a few steps.
+
+    ``size`` is a side in pixels or a (low, high) range each image's width and height are drawn
+    from. Returns the paths and labels, class by class."""
+    rng = np.random.default_rng(seed)
+    root = pathlib.Path(root)
+    paths, labels = [], []
+    for label in range(num_classes):
+        colour = 255 * np.array(colorsys.hsv_to_rgb(label / num_classes, 0.8, 0.85), np.float32)
+        folder = root / f"c{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            width, height = (size, size) if isinstance(size, int) else rng.integers(size[0], size[1], 2)
+            pixels = colour + rng.normal(0, 40, (int(height), int(width), 3))
+            path = folder / f"{index:03d}.png"
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+            paths.append(path)
+            labels.append(label)
+    return paths, np.array(labels)
+
+
+@pytest.fixture(scope="session")
+def make_class_folders():
+    """The one way tests make image folders: ``make_class_folders(root, num_classes, per_class, size, seed)``."""
+    return write_class_folders

@@ -4,7 +4,7 @@ import pathlib
 import pytest
 
 from dvt_ms.config import OPTIONS, SCHEMA, ConfigError, load_config, model_overrides, schema_markdown
-from dvt_ms.presets import OVERRIDABLE_KEYS
+from dvt_ms.models.presets import OVERRIDABLE_KEYS
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 REQUIRED = {"data_dir": "/data"}

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from dvt_ms.convert import ConversionError, convert_checkpoint, published_results_path
-from dvt_ms.torch_checkpoint import CheckpointFormatError, UnsafeCheckpointError, load_torch_checkpoint
+from dvt_ms.convert import convert_checkpoint, published_results_path
+from dvt_ms.errors import CheckpointFormatError, ConversionError, UnsafeCheckpointError
+from dvt_ms.convert import load_torch_checkpoint
 from helpers import GOLDEN_MODELS, golden_overrides
 from torch_format import save_torch_checkpoint
 
@@ -56,7 +57,7 @@ def test_cli_writes_checkpoint_and_published_results(golden_dir, tmp_path):
     overrides = [f"{k}={v}" for k, v in golden_overrides(golden_dir, "t2t").items()]
     dst = tmp_path / "t2t.ckpt"
     cmd = [sys.executable, "-m", "dvt_ms.convert", str(golden_dir / "t2t.pth.tar"), str(dst),
-           "--model", "dvt_t2t_vit_12", *[a for o in overrides for a in ("--override", o)]]
+           "--model", "dvt_t2t_vit_12", *overrides]
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     results = yaml.safe_load(open(published_results_path(dst)))
     published = _golden(golden_dir)

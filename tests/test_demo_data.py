@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dvt_ms import demo_data, plots
-from dvt_ms.demo_data import CLASS_NAMES, DatasetMismatchError, generate_image, write_dataset
+from dvt_ms import plots
+from dvt_ms.demo import dataset as demo_data
+from dvt_ms.demo.dataset import CLASS_NAMES, DatasetMismatchError, generate_image, write_dataset
 
 SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, image_size=32)
 
@@ -112,12 +113,10 @@ def test_interrupted_run_leaves_no_dataset_behind(tmp_path, monkeypatch):
 
 def test_cli_reports_a_mismatch_with_exit_code_2(tmp_path, capsys):
     root = str(tmp_path / "demo")
-    args = [root, "--train-per-class", "1", "--val-per-class", "1", "--image-size", "16"]
-    demo_data.main(args)
+    args = [root, "--train_per_class", "1", "--val_per_class", "1", "--image_size", "16"]
+    assert demo_data.main(args) == 0
     assert (tmp_path / "demo" / "dataset.json").is_file()
-    with pytest.raises(SystemExit) as exit_info:
-        demo_data.main(args + ["--seed", "5"])
-    assert exit_info.value.code == 2
+    assert demo_data.main(args + ["--seed", "5"]) == 2
     assert root in capsys.readouterr().err
 
 

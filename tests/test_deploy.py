@@ -11,9 +11,14 @@ import yaml
 from mindspore import nn
 from PIL import Image
 
-from dvt_ms import adaptive
-from dvt_ms.export import MANIFEST_NAME, export_model, exit_signature
-from dvt_ms.infer import (EarlyExitEngine, Preprocessor, collect_images, load_manifest, run_inference)
+from dvt_ms.calibrate import search
+from dvt_ms.deploy.manifest import MANIFEST_NAME
+from dvt_ms.export.graphs import exit_signature
+from dvt_ms.export.writer import export_model
+from dvt_ms.deploy.engine import EarlyExitEngine
+from dvt_ms.deploy.infer import collect_images, run_inference
+from dvt_ms.deploy.manifest import load_manifest
+from dvt_ms.deploy.preprocess import Preprocessor
 from helpers import GOLDEN_MODELS, converted_golden_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +33,7 @@ def exported(request, golden_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"deploy-{family}")
     model, _ = converted_golden_model(golden_dir, family, work)
     out = work / "mindir"
-    exit_thresholds = [0.2, 0.25, float(adaptive.ALWAYS)]
+    exit_thresholds = [0.2, 0.25, float(search.ALWAYS)]
     thresholds = {"model": GOLDEN_MODELS[family], "exit_thresholds": exit_thresholds,
                   "budgets": [{"budget_index": 1, "exit_thresholds": exit_thresholds,
                                "calibration_gflops": 0.02, "calibration_accuracy": 50.0}]}
@@ -38,22 +43,16 @@ def exported(request, golden_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """Labelled class folders of random RGB images of assorted sizes."""
+def image_folder(tmp_path_factory, make_class_folders):
+    """Labelled class folders of images of assorted sizes."""
     root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for index in range(NUM_IMAGES):
-        folder = root / f"c{index % 3}"
-        folder.mkdir(exist_ok=True)
-        size = (int(rng.integers(200, 300)), int(rng.integers(200, 300)))
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{index}.png")
+    make_class_folders(root, num_classes=3, per_class=NUM_IMAGES // 3, size=(200, 300))
     return root
 
 
 def _offline(model, images):
     """Every exit on every image with the Cells: (K, N, C) softmax scores."""
-    return np.stack([adaptive.softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
+    return np.stack([search.softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
 
 
 def _preprocessed(manifest, folder):
@@ -90,7 +89,7 @@ def _midpoint_thresholds(probs):
         conf = np.sort(probs[k].max(axis=1))
         middle = len(conf) // 2
         thresholds.append(float((conf[middle - 1] + conf[middle]) / 2))
-    return thresholds + [float(adaptive.ALWAYS)]
+    return thresholds + [float(search.ALWAYS)]
 
 
 @pytest.mark.parametrize("case", ["calibrated", "all_at_exit_1", "none_before_last"])
@@ -100,10 +99,10 @@ def test_engine_equals_offline_simulation(exported, image_folder, case):
     _, _, images = _preprocessed(engine.manifest, image_folder)
     probs = _offline(model, images)
     thresholds = {"calibrated": _midpoint_thresholds(probs),
-                  "all_at_exit_1": [float(adaptive.ALWAYS)] * 3,
-                  "none_before_last": [float(adaptive.NEVER)] * 2 + [float(adaptive.ALWAYS)]}[case]
+                  "all_at_exit_1": [float(search.ALWAYS)] * 3,
+                  "none_before_last": [float(search.NEVER)] * 2 + [float(search.ALWAYS)]}[case]
     exits, predictions, confidences = engine.classify(images, thresholds)
-    expected_exits, expected_predictions = adaptive.assign_exits(probs, np.float32(thresholds))
+    expected_exits, expected_predictions = search.assign_exits(probs, np.float32(thresholds))
     np.testing.assert_array_equal(exits, expected_exits)
     np.testing.assert_array_equal(predictions, expected_predictions)
     np.testing.assert_allclose(confidences, probs[exits, np.arange(len(exits))].max(axis=1), atol=1e-6)
@@ -134,10 +133,11 @@ def test_bad_image_is_skipped_and_reported(exported, image_folder, tmp_path):
 
 
 def _infer_cli(*args):
-    return subprocess.run([sys.executable, "-m", "dvt_ms.infer", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "dvt_ms.deploy", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_writes_results_and_summary(exported, image_folder, tmp_path):
     family, _, out = exported
     result = _infer_cli("--model", out, image_folder, "--out", tmp_path / "r.csv", "--summary", tmp_path / "s.json")
@@ -149,10 +149,10 @@ def test_cli_writes_results_and_summary(exported, image_folder, tmp_path):
     assert "accuracy" in result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("exported", ["t2t"], indirect=True)   # the error paths do not depend on the family
 def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
     family, _, out = exported
-    if family != "t2t":
-        pytest.skip("the error paths do not depend on the model family")
     results = tmp_path / "r.json"
     wrong_exits = tmp_path / "wrong_exits.yaml"
     wrong_exits.write_text(yaml.safe_dump({"model": GOLDEN_MODELS[family], "exit_thresholds": [0.5, -1e8]}))
@@ -179,7 +179,8 @@ def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
 
 def test_evaluation_weights_prefer_the_ema_copy(tmp_path):
     import dvt_ms
-    from dvt_ms.checkpoints import CheckpointError, load_model_weights
+    from dvt_ms.checkpoint import load_model_weights
+    from dvt_ms.errors import CheckpointError
     overrides = dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3, img_size=32,
                      patch_grids=[2, 4])
     source = dvt_ms.create_model("dvt_deit_small", **overrides)

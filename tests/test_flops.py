@@ -1,4 +1,4 @@
-"""Analytic FLOPs counter (dvt_ms.flops) and the override parser it shares with other CLIs."""
+"""Analytic FLOPs counter (dvt_ms.models.flops) and the override parser it shares with other CLIs."""
 import json
 import pathlib
 import subprocess
@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from dvt_ms.cli_utils import parse_overrides
-from dvt_ms.flops import BREAKDOWN_KEYS, REUSE_KEYS, model_flops, stage_flops
-from dvt_ms.presets import PRESETS, build_config
+from dvt_ms.cli import parse_overrides
+from dvt_ms.models.flops import BREAKDOWN_KEYS, REUSE_KEYS, model_flops, stage_flops
+from dvt_ms.models.presets import PRESETS, build_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 
-# The paper's figures (spec §9) are quoted to 2-3 significant figures: rounding alone is up to
+# The paper's figures (docs/model.md, "FLOPs") are quoted to 2-3 significant figures: rounding alone is up to
 # 1.1 % ("4.6" covers 4.55-4.65). Counting conventions add about 1 % more (tools differ on biases,
 # norms, softmax, which we leave out). 3 % covers both, yet still fails if a whole component goes
 # missing: DeiT-S's patch conv is 5 % of its 7x7 stage, attention products 7.8 % of its 14x14
@@ -167,8 +167,8 @@ def test_bad_exit_index():
 
 def test_cli_json_shape():
     out = subprocess.run(
-        [PYTHON, "-m", "dvt_ms.flops", "--model", "dvt_deit_small", "--json",
-         "--override", "num_classes=10", "feature_reuse=false"],
+        [PYTHON, "-m", "dvt_ms.models.flops", "--model", "dvt_deit_small", "--json",
+         "num_classes=10", "feature_reuse=false"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     data = json.loads(out.stdout)
     assert set(data) == {"exits"} and len(data["exits"]) == 3
@@ -182,7 +182,7 @@ def test_cli_json_shape():
 
 def test_cli_rejects_malformed_override():
     out = subprocess.run(
-        [PYTHON, "-m", "dvt_ms.flops", "--model", "dvt_deit_small", "--override", "depth"],
+        [PYTHON, "-m", "dvt_ms.models.flops", "--model", "dvt_deit_small", "depth"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "'depth'" in out.stderr
 

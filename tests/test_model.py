@@ -1,4 +1,4 @@
-"""The model against the authors' code (golden logits), the spec's invariants, and training."""
+"""The model against the authors' code (golden logits), the invariants of docs/model.md, and training."""
 import numpy as np
 import mindspore as ms
 import mindcv
@@ -6,8 +6,8 @@ import pytest
 from mindspore import nn
 
 import dvt_ms
-from dvt_ms.presets import PRESET_STATE_DICT_ELEMENTS, PRESETS, patch_geometry
-from dvt_ms.resample import GridResample, resample_matrix
+from dvt_ms.models.presets import PRESET_STATE_DICT_ELEMENTS, PRESETS, patch_geometry
+from dvt_ms.models.resample import GridResample, resample_matrix
 from helpers import converted_golden_model, golden_overrides, GOLDEN_MODELS
 
 

@@ -16,12 +16,12 @@ import pytest
 from mindspore import nn
 from PIL import Image
 
-from dvt_ms import checkpoints
-from dvt_ms.checkpoints import (CheckpointError, CheckpointManager, TrainingState, load_pretrained,
-                                load_training_checkpoint)
+from dvt_ms.checkpoint import load_pretrained, store
+from dvt_ms.train.checkpoints import CheckpointManager, TrainingState, load_training_checkpoint
 from dvt_ms.config import load_config
-from dvt_ms.data import DataError, ImageFolderSource, epoch_indices, make_loader, open_dataset
-from dvt_ms.training import NonFiniteLossError, Trainer
+from dvt_ms.data import ImageFolderSource, epoch_indices, make_loader, open_dataset
+from dvt_ms.errors import CheckpointError, DataError
+from dvt_ms.train.trainer import NonFiniteLossError, Trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 4
@@ -36,19 +36,6 @@ TINY = dict(
     lr=2e-3, warmup_epochs=0, cooldown_epochs=0, min_lr=1e-5, device_target="CPU",
     progress_bar="never", log_every_steps=1, val_every_epochs=0, save_every_epochs=0,
 )
-
-
-def write_image_folder(root, per_class, size=32, split="train", seed=0):
-    """Class k is a noisy image of its own colour: learnable within a few steps."""
-    rng = np.random.default_rng(seed)
-    colours = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40]], np.float32)
-    for label in range(NUM_CLASSES):
-        folder = pathlib.Path(root) / split / f"class_{label}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for index in range(per_class):
-            pixels = colours[label] + rng.normal(0, 40, (size, size, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:03d}.png")
-    return pathlib.Path(root)
 
 
 def tiny_config(data_dir, output_dir, **overrides):
@@ -83,13 +70,14 @@ def run_script(*args, timeout):
 
 
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
+def image_folder(tmp_path_factory, make_class_folders):
     root = tmp_path_factory.mktemp("images")
-    write_image_folder(root, per_class=8, split="train")
-    write_image_folder(root, per_class=2, split="val", seed=1)
+    make_class_folders(root / "train", NUM_CLASSES, per_class=8)
+    make_class_folders(root / "val", NUM_CLASSES, per_class=2, seed=1)
     return root
 
 
+@pytest.mark.slow
 def test_tiny_config_loss_falls(image_folder, tmp_path):
     """configs/tiny_cpu.yaml through scripts/run_train.sh, shrunk to test size."""
     result = run_script("configs/tiny_cpu.yaml", *as_overrides(TINY, epochs=6, val_every_epochs=6),
@@ -106,6 +94,7 @@ def test_tiny_config_loss_falls(image_folder, tmp_path):
     assert "lr" in result.stdout and "img/s" in result.stdout and "ETA" in result.stdout
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_exactly(image_folder, tmp_path):
     """Interrupted after the step-3 checkpoint (mid-epoch 1) and resumed: the same next losses, across
     the epoch boundary, and the same final weights, optimizer state and EMA as the uninterrupted run."""
@@ -131,6 +120,7 @@ def test_resumed_run_continues_exactly(image_folder, tmp_path):
         np.testing.assert_allclose(final_resumed[name].asnumpy(), value.asnumpy(), rtol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_resume_auto_after_an_epochs_last_step(image_folder, tmp_path):
     """resume: auto picks the newest checkpoint; one written at an epoch's last step resumes at the
     next epoch, and the log continues without repeating a step."""
@@ -155,6 +145,7 @@ def test_mixed_precision_with_dynamic_loss_scale(image_folder, tmp_path):
     assert saved["stages.0.head.weight"].dtype == ms.float32  # weights stay float32 under O2
 
 
+@pytest.mark.slow
 def test_msrun_two_workers_keep_identical_weights(image_folder, tmp_path):
     logs = tmp_path / "msrun_logs"
     result = run_script("configs/tiny_cpu.yaml", "--num_devices", 2, "--master_port", free_port(),
@@ -173,9 +164,10 @@ def test_msrun_two_workers_keep_identical_weights(image_folder, tmp_path):
     assert (tmp_path / "out" / "step_00000004.ckpt").is_file()
 
 
-def test_unreadable_images_are_named_and_left_out(tmp_path, caplog):
-    root = write_image_folder(tmp_path, per_class=2)
-    folder = root / "train" / "class_0"
+def test_unreadable_images_are_named_and_left_out(tmp_path, caplog, make_class_folders):
+    root = tmp_path
+    make_class_folders(root / "train", NUM_CLASSES, per_class=2)
+    folder = root / "train" / "c0"
     good = (folder / "000.png").read_bytes()
     (folder / "truncated.png").write_bytes(good[: len(good) // 2])
     (folder / "garbage.jpg").write_bytes(b"not an image at all" * 10)
@@ -191,11 +183,13 @@ def test_unreadable_images_are_named_and_left_out(tmp_path, caplog):
         assert any(str(folder / name) in message for message in caplog.messages), name
 
 
-def test_corrupt_images_met_during_training_are_replaced(tmp_path, caplog):
+@pytest.mark.slow
+def test_corrupt_images_met_during_training_are_replaced(tmp_path, caplog, make_class_folders):
     """With the start-up check off, bad files met mid-epoch do not stop training: truncated files are
     named and replaced as they are read; a file that only fails in the decoder is replaced by MindSpore."""
-    root = write_image_folder(tmp_path, per_class=3)
-    folder = root / "train" / "class_1"
+    root = tmp_path
+    make_class_folders(root / "train", NUM_CLASSES, per_class=3)
+    folder = root / "train" / "c1"
     good = (folder / "000.png").read_bytes()
     for index in range(3):  # 12 good + 4 broken = 16 = 2 full batches: every file is read
         (folder / f"truncated_{index}.png").write_bytes(good[: len(good) // 3])
@@ -248,14 +242,15 @@ def test_cifar_binaries_through_mindcv(tmp_path, name):
         shutil.rmtree(root, ignore_errors=True)  # 180-200 MB
 
 
-def test_data_problems_are_clear_errors_before_training(tmp_path):
+def test_data_problems_are_clear_errors_before_training(tmp_path, make_class_folders):
     with pytest.raises(DataError, match="does not exist"):
         Trainer(tiny_config(tmp_path / "nowhere", tmp_path / "out"))
-    root = write_image_folder(tmp_path / "data", per_class=2)
-    (root / "train" / "class_9").mkdir()
-    with pytest.raises(DataError, match=r"class folder .*class_9 has no images"):
+    root = tmp_path / "data"
+    make_class_folders(root / "train", NUM_CLASSES, per_class=2)
+    (root / "train" / "c9").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*c9 has no images"):
         Trainer(tiny_config(root, tmp_path / "out"))
-    (root / "train" / "class_9").rmdir()
+    (root / "train" / "c9").rmdir()
     with pytest.raises(DataError, match="has 4 classes but the config says num_classes=10"):
         Trainer(tiny_config(root, tmp_path / "out", num_classes=10))
     with pytest.raises(DataError, match="fewer than one batch of 16"):
@@ -276,7 +271,7 @@ def test_checkpoints_keep_last_k_and_survive_a_crash_mid_save(tmp_path, monkeypa
         pathlib.Path(path).write_bytes(good[: len(good) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints.ms, "save_checkpoint", crash_half_way)
+    monkeypatch.setattr(store.ms, "save_checkpoint", crash_half_way)
     with pytest.raises(OSError, match="disk full"):
         manager.save(cell, TrainingState(global_step=30, steps_per_epoch=5))
     assert (tmp_path / "step_00000030.ckpt").read_bytes() == good
@@ -303,6 +298,7 @@ def test_pretrained_weights_with_fresh_heads_for_a_new_class_count(tmp_path):
         load_pretrained(other, str(tmp_path / "converted.ckpt"))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path):
     config = tiny_config(image_folder, tmp_path, lr=1e38, min_lr=0.0, save_every_steps=1, epochs=2)
     trainer = Trainer(config)

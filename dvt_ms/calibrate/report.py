@@ -1,0 +1,86 @@
+"""The calibration report: per-exit accuracy, the 59 published budgets, deployable thresholds.
+
+Written into a report directory all at once:
+  per_exit.json       top-1 of each exit (calibration and validation) and its GFLOPs
+  budget_curve.json   the 59 published budgets: thresholds found on calibration, their accuracy
+                      and GFLOPs on both splits and the share of images at each exit
+  budget_curve.md     the same as a Markdown table
+  budget_curve.png    validation accuracy vs GFLOPs, with each single exit as a point
+  thresholds.yaml     the table for deployment (run_export.sh / run_infer.sh --budget), and as
+                      default the setting with the best calibration accuracy
+"""
+import json
+import os
+
+import numpy as np
+import yaml
+
+from ..fileio import staged_directory
+from ..plots import plot_budget_curve
+from . import search
+
+__all__ = ["calibrate", "default_setting", "write_report"]
+
+
+def calibrate(calib_probs, calib_targets, val_probs, val_targets, cumulative_gflops):
+    """The 59 published budgets: thresholds from calibration, scored on both splits."""
+    num_exits = calib_probs.shape[0]
+    rows = []
+    for budget_index in search.BUDGET_INDICES:
+        fractions = search.exit_fractions(budget_index, num_exits)
+        thresholds = search.find_thresholds(calib_probs, fractions)
+        calib_accuracy, calib_gflops = search.evaluate(calib_probs, calib_targets, cumulative_gflops, thresholds)
+        val_accuracy, val_gflops = search.evaluate(val_probs, val_targets, cumulative_gflops, thresholds)
+        exits, _ = search.assign_exits(val_probs, thresholds)
+        shares = np.bincount(exits, minlength=num_exits) / len(exits)
+        rows.append({"budget_index": int(budget_index), "exit_thresholds": [float(t) for t in thresholds],
+                     "calibration_accuracy": float(calib_accuracy), "calibration_gflops": float(calib_gflops),
+                     "validation_accuracy": float(val_accuracy), "validation_gflops": float(val_gflops),
+                     "validation_exit_shares": [float(s) for s in shares]})
+    return rows
+
+
+def _markdown(rows, num_exits):
+    header = ("| budget | thresholds | calib. acc. (%) | calib. GFLOPs | val. acc. (%) | val. GFLOPs | "
+              + " | ".join(f"exit {k + 1} share" for k in range(num_exits)) + " |")
+    lines = [header, "|" + "---|" * (6 + num_exits)]
+    for row in rows:
+        thresholds = ", ".join(f"{t:.4g}" for t in row["exit_thresholds"])
+        shares = " | ".join(f"{100 * s:.1f}%" for s in row["validation_exit_shares"])
+        lines.append(f"| {row['budget_index']} | {thresholds} | {row['calibration_accuracy']:.2f} | "
+                     f"{row['calibration_gflops']:.4f} | {row['validation_accuracy']:.2f} | "
+                     f"{row['validation_gflops']:.4f} | {shares} |")
+    return "\n".join(lines) + "\n"
+
+
+def default_setting(rows):
+    """The best calibration accuracy, the cheapest among equals."""
+    return max(rows, key=lambda row: (row["calibration_accuracy"], -row["calibration_gflops"]))
+
+
+def write_report(out_dir, model_name, flops, calib, val, rows, overwrite=False):
+    """Write the report files (see the module docstring) into ``out_dir`` all at once."""
+    num_exits = len(flops)
+    cumulative = [f["cumulative_gflops"] for f in flops]
+    per_exit = [{"exit": k + 1, "stage_gflops": flops[k]["stage_gflops"], "cumulative_gflops": cumulative[k],
+                 "calibration_top1": float(calib[k]), "validation_top1": float(val[k])} for k in range(num_exits)]
+    chosen = default_setting(rows)
+    thresholds = {"model": model_name, "num_exits": num_exits, "exit_gflops": cumulative,
+                  "exit_thresholds": chosen["exit_thresholds"], "default_budget_index": chosen["budget_index"],
+                  "budgets": rows}
+    with staged_directory(out_dir, overwrite) as staging:
+        def path(name):
+            return os.path.join(staging, name)
+        with open(path("per_exit.json"), "w", encoding="utf-8") as handle:
+            json.dump(per_exit, handle, indent=1)
+        with open(path("budget_curve.json"), "w", encoding="utf-8") as handle:
+            json.dump(rows, handle, indent=1)
+        with open(path("budget_curve.md"), "w", encoding="utf-8") as handle:
+            handle.write(_markdown(rows, num_exits))
+        with open(path("thresholds.yaml"), "w", encoding="utf-8") as handle:
+            yaml.safe_dump(thresholds, handle, sort_keys=False)
+        curves = {"DVT, thresholds from calibration (validation)":
+                  ([r["validation_gflops"] for r in rows], [r["validation_accuracy"] for r in rows])}
+        points = {f"exit {k + 1} alone": (cumulative[k], float(val[k])) for k in range(num_exits)}
+        plot_budget_curve(path("budget_curve.png"), curves, points, title=f"{model_name}: accuracy vs GFLOPs")
+    return per_exit, thresholds

@@ -1,0 +1,141 @@
+"""Convert the authors' published PyTorch DVT checkpoints to MindSpore, without PyTorch.
+
+    python -m dvt_ms.convert SRC.pth.tar DST.ckpt --model NAME [key=value ...]
+
+Writes DST.ckpt and, beside it, DST.published.yaml with the checkpoint's published results
+(flops, anytime_classification, dynamic_threshold, budgeted_batch_classification) and the model
+it belongs to. Any missing, unexpected or wrongly shaped key is an error and nothing is written.
+"""
+import logging
+import os
+import re
+
+import numpy as np
+
+from ..errors import CheckpointFormatError, ConversionError
+from ..fileio import atomic_write, atomic_write_text
+from ..models.presets import build_config
+from .torch_pickle import load_torch_checkpoint
+
+__all__ = ["PUBLISHED_STAGE_PREFIXES", "torch_to_mindspore_name", "convert_state_dict",
+           "convert_checkpoint", "published_results_path"]
+
+LOGGER = logging.getLogger(__name__)
+
+# The published checkpoints name their three exits by token count, coarse to fine.
+PUBLISHED_STAGE_PREFIXES = ("less_less_token", "less_token", "normal_token")
+
+# PyTorch module path -> our Cell path, inside one stage. Applied in order.
+_RENAMES = (
+    (r"^tokens_to_token\.attention(\d)\.", r"tokenizer.performer\1."),
+    (r"^tokens_to_token\.project\.", "tokenizer.project."),
+    (r"^patch_embed\.proj\.", "tokenizer.proj."),
+    (r"(performer\d)\.w$", r"\1.random_features"),
+    (r"(performer\d)\.mlp\.0\.", r"\1.mlp.fc1."),
+    (r"(performer\d)\.mlp\.2\.", r"\1.mlp.fc2."),
+    (r"\.feature_resuse_mlp\.0\.", ".feature_reuse.norm."),   # sic: the published key says "resuse"
+    (r"\.feature_resuse_mlp\.1\.", ".feature_reuse.mlp."),
+    (r"^relation_reuse_conv\.0\.", "relation_reuse.expand."),
+    (r"^relation_reuse_conv\.2\.", "relation_reuse.reduce."),
+)
+
+
+def torch_to_mindspore_name(torch_key, mindspore_names):
+    """Our parameter name for a published key, or None if the key has no place in the model.
+
+    LayerNorm's weight/bias are MindSpore's gamma/beta: which applies is read off the model."""
+    prefix, _, rest = torch_key.partition(".")
+    if prefix not in PUBLISHED_STAGE_PREFIXES or not rest:
+        return None
+    for pattern, replacement in _RENAMES:
+        rest = re.sub(pattern, replacement, rest)
+    name = f"stages.{PUBLISHED_STAGE_PREFIXES.index(prefix)}.{rest}"
+    if name in mindspore_names:
+        return name
+    layernorm_names = {".weight": ".gamma", ".bias": ".beta"}
+    for torch_suffix, ms_suffix in layernorm_names.items():
+        if name.endswith(torch_suffix):
+            candidate = name[: -len(torch_suffix)] + ms_suffix
+            if candidate in mindspore_names:
+                return candidate
+    return None
+
+
+def convert_state_dict(torch_state, model_shapes, source="checkpoint"):
+    """Map a published state dict onto ``model_shapes`` ({our name: shape}); returns {our name: array}.
+
+    Raises ConversionError listing every missing, unexpected or wrongly shaped key."""
+    converted, unexpected, mis_shaped = {}, [], {}
+    for torch_key, value in torch_state.items():
+        name = torch_to_mindspore_name(torch_key, model_shapes)
+        if name is None:
+            unexpected.append(torch_key)
+            continue
+        array = np.asarray(value)
+        if tuple(array.shape) != tuple(model_shapes[name]):
+            mis_shaped[name] = f"{torch_key}: checkpoint {tuple(array.shape)}, model {tuple(model_shapes[name])}"
+            continue
+        converted[name] = array.astype(np.float32, copy=False)
+    missing = sorted(set(model_shapes) - set(converted) - set(mis_shaped))
+    problems = []
+    if missing:
+        problems.append("missing keys (model parameters with no checkpoint entry): " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys (not in the model): " + ", ".join(unexpected))
+    if mis_shaped:
+        problems.append("wrongly shaped keys: " + "; ".join(mis_shaped.values()))
+    if problems:
+        raise ConversionError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
+    return converted
+
+
+def model_parameter_shapes(model):
+    return {param.name: tuple(param.shape) for param in model.get_parameters()}
+
+
+def published_results_path(ckpt_path):
+    """Where the converter puts a checkpoint's published results: X.ckpt -> X.published.yaml."""
+    root, _ = os.path.splitext(str(ckpt_path))
+    return root + ".published.yaml"
+
+
+def _published_results(checkpoint, model_name, overrides):
+    def plain(value):
+        return np.asarray(value, dtype=np.float64).tolist()
+
+    results = {"model": model_name, "overrides": dict(overrides)}
+    for key in ("flops", "anytime_classification", "dynamic_threshold", "budgeted_batch_classification"):
+        if key in checkpoint:
+            results[key] = plain(checkpoint[key])
+    return results
+
+
+def convert_checkpoint(src, dst, model_name, overrides=None):
+    """Convert ``src`` (.pth.tar) to ``dst`` (.ckpt) for preset ``model_name`` with ``overrides``.
+
+    Returns the published results written beside ``dst``. Writes nothing on any error."""
+    import mindspore as ms
+    import yaml
+    from ..models.cascade import DVT
+
+    overrides = dict(overrides or {})
+    if not str(dst).endswith(".ckpt"):
+        raise ConversionError(f"destination must end in .ckpt, got {dst}")
+    checkpoint = load_torch_checkpoint(src)
+    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointFormatError(f"{src}: not a published DVT checkpoint (no 'model_state_dict'; found {found})")
+    model = DVT(build_config(model_name, **overrides))
+    arrays = convert_state_dict(checkpoint["model_state_dict"], model_parameter_shapes(model), source=str(src))
+    results = _published_results(checkpoint, model_name, overrides)
+
+    params = [{"name": name, "data": ms.Tensor(array)} for name, array in arrays.items()]
+    atomic_write(str(dst), lambda tmp: ms.save_checkpoint(params, tmp))
+    yaml_path = published_results_path(dst)
+    try:
+        atomic_write_text(yaml_path, yaml.safe_dump(results, sort_keys=False, default_flow_style=None))
+    except BaseException:
+        os.remove(dst)   # keep the pair consistent: no checkpoint without its results
+        raise
+    LOGGER.info("wrote %s (%d tensors) and %s", dst, len(params), yaml_path)
+    return results

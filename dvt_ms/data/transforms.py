@@ -1,0 +1,63 @@
+"""Transforms and batching through mindcv's factories.
+
+Training: RandomResizedCrop, flip, RandAugment, random erasing (mindcv ``create_transforms``),
+batching plus mixup/cutmix (``create_loader``). Evaluation: resize round(img_size / crop_pct),
+center crop, normalise. Whatever still fails to decode is replaced by another sample by MindSpore
+(ErrorSamplesMode.REPLACE, logged by MindSpore).
+"""
+import mindspore.dataset as ds
+from mindcv.data import create_loader, create_transforms
+from mindspore.dataset import vision
+
+__all__ = ["build_transforms", "eval_transforms", "make_loader"]
+
+
+def _for_decoded_images(transforms):
+    """mindcv's ImageNet transforms start by decoding; CIFAR images arrive decoded."""
+    adapted = []
+    for op in transforms:
+        if isinstance(op, vision.Decode):
+            continue
+        if isinstance(op, vision.RandomCropDecodeResize):
+            op = vision.RandomResizedCrop(op.size, op.scale, op.ratio, op.interpolation, op.max_attempts)
+        adapted.append(op)
+    return adapted
+
+
+def build_transforms(config, img_size, is_training, encoded):
+    """mindcv's ImageNet train or eval transforms for ``img_size`` inputs."""
+    if is_training:
+        transforms = create_transforms(
+            "imagenet", image_resize=img_size, is_training=True, auto_augment=config.auto_augment,
+            scale=config.scale, ratio=config.ratio, hflip=config.hflip, interpolation=config.interpolation,
+            re_prob=config.re_prob)
+    else:
+        transforms = eval_transforms(img_size, config.crop_pct, config.interpolation)
+    return transforms if encoded else _for_decoded_images(transforms)
+
+
+def eval_transforms(img_size, crop_pct, interpolation):
+    """mindcv's evaluation transforms of encoded images: decode, resize to round(img_size / crop_pct)
+    (256 for 224), center crop, normalise. The deployment engine applies the very same ops."""
+    resize = round(img_size / crop_pct)
+    # mindcv resizes to floor(img_size / crop_pct); this crop_pct makes that exactly `resize`.
+    return create_transforms("imagenet", image_resize=img_size, is_training=False,
+                             crop_pct=img_size / (resize + 0.5), interpolation=interpolation)
+
+
+def make_loader(data, indices, config, img_size, num_classes, is_training, num_workers):
+    """Batched pipeline over ``indices`` of ``data`` (mindcv ``create_loader``).
+
+    Training drops the last partial batch (every rank runs the same number of steps) and applies
+    mixup/cutmix, which turns labels into soft targets.
+    """
+    ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
+    transforms = build_transforms(config, img_size, is_training, data.encoded)
+    # RandAugment is Python code: worker processes keep it from serialising on the GIL.
+    python_ops = is_training and config.auto_augment is not None and num_workers > 1
+    return create_loader(
+        data.make_source(indices), batch_size=config.batch_size, drop_remainder=is_training,
+        is_training=is_training, mixup=config.mixup if is_training else 0.0,
+        cutmix=config.cutmix if is_training else 0.0, cutmix_prob=config.cutmix_prob,
+        num_classes=num_classes, transform=transforms, num_parallel_workers=num_workers,
+        python_multiprocessing=python_ops)

@@ -1,0 +1,73 @@
+"""Command line: early-exit inference on an exported model directory (no model code needed).
+
+    python -m dvt_ms.deploy --model DIR [--thresholds T.yaml | --budget GFLOPS] IMAGE_OR_FOLDER ... [--out FILE]
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from .. import cli
+from ..errors import InferenceError
+from ..fileio import atomic_write_text
+from .engine import EarlyExitEngine
+from .infer import collect_images, format_summary, labels_in_model_order, run_inference, write_results
+from .manifest import MANIFEST_NAME, load_manifest, load_thresholds, select_budget
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _exit_thresholds(args, manifest):
+    document = load_thresholds(args.thresholds, manifest) if args.thresholds else manifest.get("thresholds")
+    source = args.thresholds or os.path.join(args.model, MANIFEST_NAME)
+    if args.budget is not None:
+        if document is None:
+            raise InferenceError(f"--budget needs calibrated thresholds; {source} has none")
+        return select_budget(document, args.budget, source)
+    if document is None:
+        raise InferenceError(f"{source} has no thresholds: pass --thresholds T.yaml or --budget GFLOPS")
+    return [float(t) for t in document["exit_thresholds"]]
+
+
+def _run(args):
+    manifest = load_manifest(args.model)
+    exit_thresholds = _exit_thresholds(args, manifest)
+    paths, labels, folder_names = collect_images(args.inputs)
+    labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device(args.device_target)
+    engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size)
+    begin = time.perf_counter()
+    engine.warm_up()
+    LOGGER.info("compiled %d exits at batch sizes %s in %.1fs", engine.num_exits, engine.buckets,
+                time.perf_counter() - begin)
+    records, summary = run_inference(engine, paths, labels, exit_thresholds, args.batch_size, not args.no_compare)
+    if args.out:
+        write_results(args.out, records)
+    if args.summary:
+        atomic_write_text(args.summary, json.dumps(summary, indent=1))
+    print(format_summary(summary, engine.num_exits))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="run_infer.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="directory written by run_export.sh")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--thresholds", help="thresholds YAML from run_eval.sh (default: the manifest's)")
+    choice.add_argument("--budget", type=float, help="GFLOPs per image: use the best calibrated setting within it")
+    parser.add_argument("inputs", nargs="+", help="images and/or folders (class subfolders give accuracy)")
+    parser.add_argument("--out", help="per-image results, .csv or .json")
+    parser.add_argument("--summary", help="write the summary as JSON here")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--no_compare", action="store_true", help="skip the all-exits pass that measures speedup")
+    parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    args = parser.parse_args(argv)
+    cli.setup_logging(timestamps=False)
+    return cli.run(lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

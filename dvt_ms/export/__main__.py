@@ -1,0 +1,69 @@
+"""Command line: export a trained cascade as one MindIR per exit plus ``manifest.yaml``.
+
+    python -m dvt_ms.export CONFIG --ckpt X.ckpt --out DIR [--thresholds T.yaml] [key=value ...]
+
+Exit k's graph takes the images and exit k-1's reuse tensors and returns its logits and the reuse
+tensors exit k+1 needs, all with a dynamic batch dimension, so an engine can pass on only the
+images that did not exit. The manifest says how to preprocess, what each graph takes and gives,
+each exit's GFLOPs and, when given, the calibrated thresholds.
+"""
+import argparse
+import os
+import sys
+
+from .. import cli
+from ..imagefolder import class_folders
+
+
+def _class_names(config, num_classes):
+    """Class folder names of the training split, when it is an image folder with the right count."""
+    if config.dataset != "imagenet" or not config.data_dir:
+        return None
+    root = os.path.join(config.data_dir, config.train_split)
+    if not os.path.isdir(root):
+        return None
+    names = class_folders(root)
+    return names if len(names) == num_classes else None
+
+
+def _run(args):
+    from ..checkpoint import load_model_weights
+    from ..config import load_config, model_overrides
+    from ..deploy.manifest import check_thresholds_fit, read_thresholds
+    from ..device import use_device
+    from ..models import build_config, create_model
+    from .writer import IMAGENET_MEAN, IMAGENET_STD, export_model
+
+    config = load_config(args.config, cli.parse_overrides(args.overrides))
+    thresholds = None
+    if args.thresholds:
+        thresholds = read_thresholds(args.thresholds)
+        check_thresholds_fit(thresholds, config.model,
+                             build_config(config.model, **model_overrides(config)).num_exits, args.thresholds)
+    use_device(config.device_target)
+    model = create_model(config.model, **model_overrides(config))
+    load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
+    preprocess = {"img_size": model.config.img_size, "crop_pct": config.crop_pct,
+                  "resize": round(model.config.img_size / config.crop_pct),
+                  "interpolation": config.interpolation, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes),
+                 thresholds, args.overwrite)
+    print(f"exported {model.config.num_exits} exits to {args.out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="run_export.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="YAML config of the model")
+    parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")
+    parser.add_argument("--out", required=True, help="directory for exit*.mindir and manifest.yaml")
+    parser.add_argument("--thresholds", help="thresholds.yaml from run_eval.sh, stored in the manifest")
+    parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    args = parser.parse_intermixed_args(argv)   # key=value may follow the options
+    cli.setup_logging(timestamps=False)
+    return cli.run(lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Each exit as a deployable graph: images and the previous exit's reuse tensors in, logits and
+what the next exit reuses out, all with a dynamic batch dimension."""
+from mindspore import nn
+
+__all__ = ["exit_signature", "ExitGraph"]
+
+
+def exit_signature(config, exit_index):
+    """Names and shapes (-1 = dynamic batch) of exit ``exit_index``'s inputs and outputs."""
+    def feature(grid):
+        return [-1, 1 + grid * grid, config.embed_dim]
+
+    def relations(grid):
+        tokens = 1 + grid * grid
+        return [-1, config.num_heads * config.depth, tokens, tokens]
+
+    geometry = config.exits[exit_index]
+    inputs = [{"name": "images", "shape": [-1, 3, config.img_size, config.img_size]}]
+    if geometry.feature_reuse:
+        inputs.append({"name": "prev_feature", "shape": feature(geometry.prev_grid)})
+    if geometry.relation_reuse:
+        inputs.append({"name": "prev_relations", "shape": relations(geometry.prev_grid)})
+    outputs = [{"name": "logits", "shape": [-1, config.num_classes]}]
+    if exit_index + 1 < config.num_exits:
+        successor = config.exits[exit_index + 1]
+        if successor.feature_reuse:
+            outputs.append({"name": "feature", "shape": feature(geometry.grid)})
+        if successor.relation_reuse:
+            outputs.append({"name": "relations", "shape": relations(geometry.grid)})
+    return {"inputs": inputs, "outputs": outputs}
+
+
+class ExitGraph(nn.Cell):
+    """Exit ``exit_index`` as deployed: ``(images, *reuse inputs) -> (logits, *reuse outputs)``,
+    in the order of ``exit_signature``."""
+
+    def __init__(self, model, exit_index):
+        super().__init__(auto_prefix=False)
+        signature = exit_signature(model.config, exit_index)
+        input_names = [item["name"] for item in signature["inputs"]]
+        output_names = [item["name"] for item in signature["outputs"]]
+        self.stage = model.stages[exit_index]
+        self.takes_feature = "prev_feature" in input_names
+        self.takes_relations = "prev_relations" in input_names
+        self.gives_feature = "feature" in output_names
+        self.gives_relations = "relations" in output_names
+
+    def construct(self, images, *reused):
+        prev_feature = reused[0] if self.takes_feature else None
+        prev_relations = reused[-1] if self.takes_relations else None
+        logits, feature, relations = self.stage(images, prev_feature, prev_relations)
+        outputs = (logits,)
+        if self.gives_feature:
+            outputs = outputs + (feature,)
+        if self.gives_relations:
+            outputs = outputs + (relations,)
+        return outputs
+
+
+class ExitGraph(nn.Cell):
+    """Exit ``exit_index`` as deployed: ``(images, *reuse inputs) -> (logits, *reuse outputs)``,
+    in the order of ``exit_signature``."""
+
+    def __init__(self, model, exit_index):
+        super().__init__(auto_prefix=False)
+        signature = exit_signature(model.config, exit_index)
+        input_names = [item["name"] for item in signature["inputs"]]
+        output_names = [item["name"] for item in signature["outputs"]]
+        self.stage = model.stages[exit_index]
+        self.takes_feature = "prev_feature" in input_names
+        self.takes_relations = "prev_relations" in input_names
+        self.gives_feature = "feature" in output_names
+        self.gives_relations = "relations" in output_names
+
+    def construct(self, images, *reused):
+        prev_feature = reused[0] if self.takes_feature else None
+        prev_relations = reused[-1] if self.takes_relations else None
+        logits, feature, relations = self.stage(images, prev_feature, prev_relations)
+        outputs = (logits,)
+        if self.gives_feature:
+            outputs = outputs + (feature,)
+        if self.gives_relations:
+            outputs = outputs + (relations,)
+        return outputs

@@ -1,0 +1,72 @@
+"""Writing an exported model directory: one MindIR per exit and the manifest (docs/deployment.md).
+
+The directory appears complete or not at all: everything is written to a temporary sibling that
+is renamed into place at the end.
+"""
+import dataclasses
+import logging
+import os
+
+import mindspore as ms
+import yaml
+
+from ..deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_thresholds_fit
+from ..fileio import staged_directory
+from ..models.flops import model_flops
+from .graphs import ExitGraph, exit_signature
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "export_model"]
+
+LOGGER = logging.getLogger(__name__)
+
+# ImageNet statistics, as fractions of 255 (mindcv's eval transforms use these).
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _placeholder(shape):
+    return ms.Tensor(shape=[None if size == -1 else size for size in shape], dtype=ms.float32)
+
+
+def export_model(model, out_dir, model_name, preprocess, class_names=None, thresholds=None, overwrite=False):
+    """Write ``exit{k}.mindir`` for every exit and ``manifest.yaml`` into ``out_dir``.
+
+    ``preprocess``: dict with img_size, resize, interpolation, mean, std (fractions of 255).
+    ``thresholds``: a thresholds document from calibration (``dvt_ms.evaluate``), or None.
+    The directory appears complete or not at all: everything is written to a temporary sibling
+    that is renamed into place at the end."""
+    config = model.config
+    if thresholds is not None:
+        check_thresholds_fit(thresholds, model_name, config.num_exits, "thresholds")
+    if class_names is not None and len(class_names) != config.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {config.num_classes} classes")
+    with staged_directory(out_dir, overwrite) as staging:
+        model.set_train(False)
+        flops = model_flops(config)
+        exits = []
+        for exit_index in range(config.num_exits):
+            signature = exit_signature(config, exit_index)
+            file_name = f"exit{exit_index + 1}.mindir"
+            inputs = [_placeholder(item["shape"]) for item in signature["inputs"]]
+            ms.export(ExitGraph(model, exit_index), *inputs, file_name=os.path.join(staging, file_name),
+                      file_format="MINDIR")
+            exits.append({"file": file_name, "grid": config.grids[exit_index], **signature,
+                          "stage_gflops": flops[exit_index]["stage_gflops"],
+                          "cumulative_gflops": flops[exit_index]["cumulative_gflops"]})
+            LOGGER.info("exported exit %d/%d", exit_index + 1, config.num_exits)
+        manifest = {"format": MANIFEST_FORMAT, "model": model_name,
+                    "architecture": _plain(dataclasses.asdict(config)), "num_exits": config.num_exits,
+                    "num_classes": config.num_classes, "class_names": class_names, "preprocess": preprocess,
+                    "exits": exits, "thresholds": thresholds}
+        with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:
+            yaml.safe_dump(manifest, handle, sort_keys=False)
+    LOGGER.info("wrote %d MindIR files and %s to %s", config.num_exits, MANIFEST_NAME, out_dir)
+    return manifest
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,63 @@
+"""The DVT cascade: K stages with growing token grids; stage k reuses stage k-1."""
+from mindspore import nn
+from mindcv.models.registry import register_model
+
+from .presets import build_config
+from .stage import DVTStage
+
+__all__ = ["DVT", "create_model", "dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small"]
+
+
+class DVT(nn.Cell):
+    """Runs every exit on the same images and returns their logits as a tuple, exit 1 first.
+
+    Early exit at inference runs the exported stages one by one (``dvt_ms.deploy``)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.stages = nn.CellList([DVTStage(config, geometry) for geometry in config.exits])
+
+    def no_weight_decay(self):
+        """Parameter names mindcv's optimizer factory exempts from weight decay besides norms and
+        biases: class tokens and position embeddings, as in the published DeiT / T2T-ViT recipes."""
+        return [param.name for param in self.trainable_params()
+                if param.name.endswith(("cls_token", "pos_embed"))]
+
+    def construct(self, images):
+        logits, feature, relations = self.stages[0](images)
+        all_logits = (logits,)
+        for stage in self.stages[1:]:
+            logits, feature, relations = stage(images, feature, relations)
+            all_logits = all_logits + (logits,)
+        return all_logits
+
+
+def create_model(name, **overrides):
+    """Build preset ``name`` with architecture ``overrides`` (any ``DVTConfig`` field)."""
+    return DVT(build_config(name, **overrides))
+
+
+def _from_mindcv(name, pretrained, num_classes, in_channels, overrides):
+    """mindcv.create_model entry: it always passes pretrained/num_classes/in_channels."""
+    if pretrained:
+        raise ValueError(f"{name}: no download here; convert the published checkpoint with "
+                         "`python -m dvt_ms.convert` and pass checkpoint_path=... instead")
+    if in_channels != 3:
+        raise ValueError(f"{name}: DVT takes RGB images (in_channels=3), got in_channels={in_channels}")
+    return create_model(name, num_classes=num_classes, **overrides)
+
+
+@register_model
+def dvt_t2t_vit_12(pretrained=False, num_classes=1000, in_channels=3, **overrides):
+    return _from_mindcv("dvt_t2t_vit_12", pretrained, num_classes, in_channels, overrides)
+
+
+@register_model
+def dvt_t2t_vit_14(pretrained=False, num_classes=1000, in_channels=3, **overrides):
+    return _from_mindcv("dvt_t2t_vit_14", pretrained, num_classes, in_channels, overrides)
+
+
+@register_model
+def dvt_deit_small(pretrained=False, num_classes=1000, in_channels=3, **overrides):
+    return _from_mindcv("dvt_deit_small", pretrained, num_classes, in_channels, overrides)

@@ -1,0 +1,92 @@
+"""Transformer building blocks of a DVT stage: MLP, attention that exposes its relation, block."""
+from mindspore import nn, ops
+from mindspore.common.initializer import TruncatedNormal, initializer
+from mindcv.models.layers.drop_path import DropPath
+
+__all__ = ["dense", "layer_norm", "drop_path", "Mlp", "Attention", "Block"]
+
+
+def dense(in_features, out_features, has_bias=True):
+    """A Linear layer with ViT initialisation (truncated normal 0.02, zero bias)."""
+    return nn.Dense(in_features, out_features, has_bias=has_bias,
+                    weight_init=initializer(TruncatedNormal(0.02), [out_features, in_features]),
+                    bias_init="zeros")
+
+
+def layer_norm(dim, eps):
+    return nn.LayerNorm((dim,), epsilon=eps)
+
+
+def drop_path(rate):
+    """Stochastic depth where it acts; nothing in the graph where the rate is 0."""
+    return DropPath(rate) if rate > 0 else nn.Identity()
+
+
+class Mlp(nn.Cell):
+    """in -> hidden -> out with exact (erf) GELU, as in the published models."""
+
+    def __init__(self, in_features, hidden_features, out_features, drop=0.0):
+        super().__init__()
+        self.fc1 = dense(in_features, hidden_features)
+        self.act = nn.GELU(approximate=False)
+        self.fc2 = dense(hidden_features, out_features)
+        self.drop = nn.Dropout(p=drop)
+
+    def construct(self, x):
+        x = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(x))
+
+
+class Attention(nn.Cell):
+    """Multi-head self-attention returning its pre-softmax logits (the block's *relation*).
+
+    ``relation_bias`` (B, H, N, N) is the relation reused from the previous stage; it is added to
+    q·kᵀ·scale before the softmax, and the sum is what this block hands on.
+    """
+
+    def __init__(self, dim, num_heads, qkv_bias, drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = dense(dim, dim * 3, has_bias=qkv_bias)
+        self.proj = dense(dim, dim)
+        self.softmax = nn.Softmax(axis=-1)
+        self.proj_drop = nn.Dropout(p=drop)
+
+    def construct(self, x, relation_bias=None):
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        qkv = qkv.transpose(2, 0, 3, 1, 4)
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        relation = ops.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale
+        if relation_bias is not None:
+            relation = relation + relation_bias
+        out = ops.matmul(self.softmax(relation), value)
+        out = out.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
+        return self.proj_drop(self.proj(out)), relation
+
+
+class Block(nn.Cell):
+    """Pre-norm transformer block; with ``feature_reuse`` its MLP also sees the previous stage's
+    feature, resampled to this stage's grid (LN2 and fc1 are then ``dim + feature_reuse.out_dim`` wide)."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, eps, drop=0.0, drop_path_rate=0.0,
+                 feature_reuse=None):
+        super().__init__()
+        mlp_in = dim + (feature_reuse.out_dim if feature_reuse is not None else 0)
+        self.norm1 = layer_norm(dim, eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, drop)
+        self.drop_path = drop_path(drop_path_rate)
+        self.feature_reuse = feature_reuse
+        self.norm2 = layer_norm(mlp_in, eps)
+        self.mlp = Mlp(mlp_in, int(dim * mlp_ratio), dim, drop)
+
+    def construct(self, x, prev_feature=None, relation_bias=None):
+        attended, relation = self.attn(self.norm1(x), relation_bias)
+        x = x + self.drop_path(attended)
+        mlp_input = x
+        if self.feature_reuse is not None:
+            mlp_input = ops.concat((x, self.feature_reuse(prev_feature)), axis=2)
+        x = x + self.drop_path(self.mlp(self.norm2(mlp_input)))
+        return x, relation

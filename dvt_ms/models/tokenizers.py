@@ -1,0 +1,127 @@
+"""Per-exit tokenizers: Tokens-to-Token with Performer attention (T2T-ViT) or a patch convolution
+(DeiT). Each maps (B, 3, H, W) images to (B, grid², D) tokens in row-major grid order."""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+from .layers import Mlp, dense, layer_norm
+
+__all__ = ["sinusoid_table", "TokenPerformer", "T2TTokenizer", "PatchTokenizer", "build_tokenizer"]
+
+# The T2T modules keep PyTorch's LayerNorm default, whatever the backbone uses.
+T2T_LAYERNORM_EPS = 1e-5
+
+
+def sinusoid_table(num_positions, dim):
+    """Fixed position table (num_positions, dim): sin on even, cos on odd channels."""
+    positions = np.arange(num_positions, dtype=np.float64)[:, None]
+    exponents = 2 * (np.arange(dim) // 2) / dim
+    angles = positions / np.power(10000.0, exponents)[None, :]
+    angles[:, 0::2] = np.sin(angles[:, 0::2])
+    angles[:, 1::2] = np.cos(angles[:, 1::2])
+    return angles.astype(np.float32)
+
+
+def _orthogonal_random_features(num_features, dim):
+    """Performer's fixed random projection: orthogonal rows scaled by sqrt(num_features)."""
+    gaussian = np.random.default_rng().standard_normal((max(num_features, dim), min(num_features, dim)))
+    basis, _ = np.linalg.qr(gaussian)
+    rows = basis if num_features >= dim else basis.T
+    return (rows[:num_features, :dim] * math.sqrt(num_features)).astype(np.float32)
+
+
+class TokenPerformer(nn.Cell):
+    """Single-head Performer attention with positive random features, then an MLP (T2T-ViT).
+
+    phi(t) = exp(t·wᵀ - |t|²/2) / sqrt(m) makes softmax attention linear in the token count."""
+
+    def __init__(self, in_dim, dim, kernel_ratio=0.5):
+        super().__init__()
+        self.dim = dim
+        self.num_features = int(dim * kernel_ratio)
+        self.norm1 = layer_norm(in_dim, T2T_LAYERNORM_EPS)
+        self.kqv = dense(in_dim, 3 * dim)
+        self.proj = dense(dim, dim)
+        self.norm2 = layer_norm(dim, T2T_LAYERNORM_EPS)
+        self.mlp = Mlp(dim, dim, dim)
+        self.random_features = Parameter(
+            Tensor(_orthogonal_random_features(self.num_features, dim)), requires_grad=False)
+        self.feature_norm = 1.0 / math.sqrt(self.num_features)
+
+    def positive_features(self, x):
+        projected = ops.matmul(x, self.random_features.T)
+        half_sq_norm = (x * x).sum(axis=-1, keepdims=True) / 2
+        return ops.exp(projected - half_sq_norm) * self.feature_norm
+
+    def construct(self, x):
+        key, query, value = ops.split(self.kqv(self.norm1(x)), self.dim, axis=-1)
+        key_features = self.positive_features(key)
+        query_features = self.positive_features(query)
+        normaliser = ops.matmul(query_features, key_features.sum(axis=1, keepdims=True).transpose(0, 2, 1))
+        key_value = ops.matmul(value.transpose(0, 2, 1), key_features)               # (B, dim, m)
+        attended = ops.matmul(query_features, key_value.transpose(0, 2, 1)) / (normaliser + 1e-8)
+        y = value + self.proj(attended)
+        return y + self.mlp(self.norm2(y))
+
+
+def _soft_split(x, split):
+    """torch.nn.Unfold on (B, C, H, W), returned as tokens (B, L, C·k·k), channel order (c, ki, kj)."""
+    kernel, stride, padding = split
+    return ops.unfold(x, kernel_size=kernel, dilation=1, padding=padding, stride=stride).transpose(0, 2, 1)
+
+
+class T2TTokenizer(nn.Cell):
+    """soft split -> Performer -> soft split -> Performer -> soft split -> Linear.
+
+    ``geometry.splits`` are the three soft splits, ``geometry.split_grids`` the grid after each."""
+
+    def __init__(self, geometry, token_dim, embed_dim, in_chans=3):
+        super().__init__()
+        self.splits = geometry.splits
+        self.split_grids = geometry.split_grids
+        first_kernel, later_kernel = self.splits[0][0], self.splits[1][0]
+        self.performer1 = TokenPerformer(in_chans * first_kernel * first_kernel, token_dim)
+        self.performer2 = TokenPerformer(token_dim * later_kernel * later_kernel, token_dim)
+        self.project = dense(token_dim * later_kernel * later_kernel, embed_dim)
+        self.token_dim = token_dim
+
+    def _as_grid(self, tokens, grid):
+        return tokens.transpose(0, 2, 1).reshape(-1, self.token_dim, grid, grid)
+
+    def construct(self, images):
+        tokens = self.performer1(_soft_split(images, self.splits[0]))
+        tokens = self.performer2(_soft_split(self._as_grid(tokens, self.split_grids[0]), self.splits[1]))
+        return self.project(_soft_split(self._as_grid(tokens, self.split_grids[1]), self.splits[2]))
+
+
+class PatchTokenizer(nn.Cell):
+    """Non-overlapping patch convolution (DeiT); padding lets 224 px give a 10x10 grid."""
+
+    def __init__(self, geometry, embed_dim, in_chans=3):
+        super().__init__()
+        (kernel, stride, padding), = geometry.splits
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel, stride=stride, pad_mode="pad", padding=padding,
+                              has_bias=True, weight_init="he_uniform")
+        self.embed_dim = embed_dim
+        self.num_tokens = geometry.grid * geometry.grid
+
+    def construct(self, images):
+        patches = self.proj(images).reshape(-1, self.embed_dim, self.num_tokens)
+        return patches.transpose(0, 2, 1)
+
+
+def build_tokenizer(config, geometry):
+    if config.family == "t2t":
+        return T2TTokenizer(geometry, config.token_dim, config.embed_dim)
+    return PatchTokenizer(geometry, config.embed_dim)
+
+
+def position_embedding(config, geometry):
+    """T2T: the fixed sinusoid table (not trained); DeiT: a learned table."""
+    num_tokens = geometry.num_tokens
+    if config.family == "t2t":
+        return Parameter(Tensor(sinusoid_table(num_tokens, config.embed_dim)[None]), requires_grad=False)
+    return Parameter(initializer(TruncatedNormal(0.02), [1, num_tokens, config.embed_dim], ms.float32))

@@ -1,0 +1,46 @@
+"""Command line: ``python -m dvt_ms.train CONFIG.yaml [key=value ...]``.
+
+One process trains on one device; under ``msrun`` every worker runs this same command and they
+train data-parallel (see scripts/run_train.sh). ``--list_keys`` prints every config key.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from .. import cli
+from ..config import load_config, schema_markdown
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m dvt_ms.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key")
+    parser.add_argument("--list_keys", action="store_true", help="print every config key as a Markdown table")
+    args = parser.parse_args(argv)
+    # A first argument with "=" is an override, not a config file.
+    if args.config and "=" in args.config and not os.path.exists(args.config):
+        args.overrides.insert(0, args.config)
+        args.config = None
+    return args
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    if args.list_keys:
+        sys.stdout.write(schema_markdown())
+        return 0
+    # Rank 0 reports progress; the others only warnings and errors (msrun keeps a log per worker).
+    rank = int(os.environ.get("RANK_ID", "0"))
+    cli.setup_logging(level=logging.INFO if rank == 0 else logging.WARNING)
+
+    def train():
+        from .trainer import train as run_training   # MindSpore loads slowly: only when training
+        run_training(load_config(args.config, cli.parse_overrides(args.overrides)))
+
+    return cli.run(train)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

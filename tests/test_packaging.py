@@ -1,0 +1,65 @@
+"""The repository installs as a package, and what the README and scripts call exists."""
+import importlib.util
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _requirement_lines():
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_pyproject_declares_the_requirements_the_scripts_install():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert sorted(project["dependencies"]) == sorted(r for r in _requirement_lines() if r != "pytest")
+    assert project["optional-dependencies"]["test"] == ["pytest"]
+
+
+def test_console_scripts_point_at_real_entry_points():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert importlib.util.find_spec(module) is not None, name
+        assert f"def {function}(" in pathlib.Path(importlib.util.find_spec(module).origin).read_text(), name
+
+
+def _commands_in(text):
+    return set(re.findall(r"python -m (dvt_ms[\w.]*)", text))
+
+
+def test_every_python_m_command_in_readme_docs_and_scripts_exists():
+    texts = [(REPO / "README.md").read_text()] + [p.read_text() for p in (REPO / "docs").glob("*.md")]
+    texts += [p.read_text() for p in (REPO / "scripts").glob("*.sh")] + [p.read_text() for p in (REPO / "configs").glob("*.yaml")]
+    commands = set().union(*map(_commands_in, texts))
+    assert "dvt_ms.train" in commands and "dvt_ms.convert" in commands
+    for command in sorted(commands):
+        spec = importlib.util.find_spec(command)
+        assert spec is not None, f"python -m {command}: no such module"
+        if spec.submodule_search_locations:   # a package runs its __main__
+            assert importlib.util.find_spec(command + ".__main__") is not None, f"python -m {command}: no __main__"
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_every_module(tmp_path):
+    """pip builds a wheel of dvt_ms with every subpackage (no module left out by the package list)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "dvt_ms", source / "dvt_ms", ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    wheel, = (tmp_path / "wheel").glob("dvt_ms-*.whl")
+    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    expected = {str(p.relative_to(REPO)) for p in (REPO / "dvt_ms").rglob("*.py")}
+    assert packaged == expected

@@ -1,0 +1,338 @@
+"""Budgeted batch classification (dvt_ms.calibrate.search) against the published search's golden output."""
+import ast
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from dvt_ms.calibrate import search
+from dvt_ms.calibrate.search import (
+    BUDGET_INDICES, anytime_accuracy, assign_exits, budget_curve, evaluate, exit_fractions,
+    find_thresholds, thresholds_for_accuracy, thresholds_for_budget,
+)
+
+NEVER, ALWAYS = 1e8, -1e8
+
+
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+    with np.load(golden_dir / "thresholds.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="module")
+def confident_late():
+    """A realistic cascade: later exits are both more accurate and more confident."""
+    rng = np.random.default_rng(7)
+    num_exits, num_samples, num_classes = 3, 400, 10
+    targets = rng.integers(0, num_classes, num_samples)
+    difficulty = rng.exponential(1.0, num_samples)
+    logits = rng.normal(size=(num_exits, num_samples, num_classes))
+    for k in range(num_exits):
+        logits[k, np.arange(num_samples), targets] += (1.0 + 1.5 * k) * (2.0 - difficulty)
+    probs = np.exp(logits - logits.max(axis=2, keepdims=True))
+    probs /= probs.sum(axis=2, keepdims=True)
+    return probs.astype(np.float32), targets, np.array([1.0, 2.5, 4.0])
+
+
+def _bits(array):
+    return np.asarray(array, dtype=np.float32).view(np.int32)
+
+
+def _spec_thresholds(probs, fractions):
+    """docs/thresholds.md read literally, one sample at a time (slow, independent of the module)."""
+    num_exits, num_samples, _ = probs.shape
+    conf = probs.max(axis=2)
+    exited = [False] * num_samples
+    thresholds = [np.float32(NEVER)] * num_exits
+    for k in range(num_exits - 1):
+        wanted = math.floor(np.float32(num_samples) * np.float32(fractions[k]))
+        count = 0
+        for i in sorted(range(num_samples), key=lambda i: -conf[k, i]):
+            if not exited[i]:
+                count += 1
+                if count == wanted:
+                    thresholds[k] = conf[k, i]
+                    break
+        exited = [exited[i] or conf[k, i] >= thresholds[k] for i in range(num_samples)]
+    thresholds[-1] = np.float32(ALWAYS)
+    return np.array(thresholds, dtype=np.float32)
+
+
+def _mean_conf_at_exit(probs, thresholds):
+    exits, _ = assign_exits(probs, thresholds)
+    return probs.max(axis=2)[exits, np.arange(probs.shape[1])].mean(dtype=np.float64)
+
+
+# ---------------------------------------------------------------- published search
+
+def test_budget_indices_are_the_59_published_budgets(golden):
+    assert list(BUDGET_INDICES) == list(range(1, 60))
+    assert len(BUDGET_INDICES) == golden["thresholds"].shape[0]
+
+
+@pytest.mark.parametrize("p", [1, 7, 20, 33, 59])
+@pytest.mark.parametrize("num_exits", [2, 3, 5])
+def test_exit_fractions_are_normalised_geometric(p, num_exits):
+    q = exit_fractions(p, num_exits)
+    r = p / 20
+    exact = np.array([r ** (k + 1) for k in range(num_exits)])
+    assert q.dtype == np.float32 and q.shape == (num_exits,)
+    np.testing.assert_allclose(q, exact / exact.sum(), rtol=1e-5)
+
+
+def test_thresholds_match_golden_bitwise(golden):
+    probs = golden["probs"]
+    for row, p in enumerate(BUDGET_INDICES):
+        found = find_thresholds(probs, exit_fractions(p, probs.shape[0]))
+        assert found.dtype == np.float32
+        np.testing.assert_array_equal(_bits(found), _bits(golden["thresholds"][row]),
+                                      err_msg=f"budget index {p}")
+
+
+def test_evaluate_matches_golden_accuracy_and_cost(golden):
+    for row in range(len(BUDGET_INDICES)):
+        accuracy, gflops = evaluate(golden["probs"], golden["targets"], golden["flops"],
+                                    golden["thresholds"][row])
+        assert accuracy == pytest.approx(golden["acc"][row], abs=1e-9)
+        assert gflops == pytest.approx(golden["expected_flops"][row], abs=1e-9)
+
+
+def test_budget_curve_matches_golden(golden):
+    curve = budget_curve(golden["probs"], golden["targets"], golden["flops"])
+    assert [point["budget_index"] for point in curve] == list(BUDGET_INDICES)
+    for row, point in enumerate(curve):
+        np.testing.assert_array_equal(_bits(point["thresholds"]), _bits(golden["thresholds"][row]))
+        assert point["accuracy"] == pytest.approx(golden["acc"][row], abs=1e-9)
+        assert point["gflops"] == pytest.approx(golden["expected_flops"][row], abs=1e-9)
+        assert point["exit_shares"].sum() == pytest.approx(1.0)
+        # The shares and the cost describe the same exits.
+        assert point["exit_shares"] @ golden["flops"] == pytest.approx(point["gflops"], abs=1e-6)
+
+
+def test_published_cost_is_float32_arithmetic(golden):
+    """The golden costs carry float32 rounding; float64 is close but not equal."""
+    gaps = []
+    for row in range(len(BUDGET_INDICES)):
+        args = (golden["probs"], golden["targets"], golden["flops"], golden["thresholds"][row])
+        exact = evaluate(*args, published_arithmetic=False)[1]
+        exits, _ = assign_exits(golden["probs"], golden["thresholds"][row])
+        shares = np.bincount(exits, minlength=3) / exits.size
+        assert exact == pytest.approx(float(shares @ golden["flops"]), abs=1e-12)
+        gaps.append(abs(exact - golden["expected_flops"][row]))
+    assert max(gaps) < 1e-6
+    assert max(gaps) > 1e-9
+
+
+def test_exit_counts_use_float32_products():
+    """K=2, p=55, N=600: exactly q_0 = 4/15 and N q_0 = 160, but in float32 it floors to 159."""
+    num_samples = 600
+    conf = np.linspace(0.2, 0.9, num_samples, dtype=np.float32)  # all distinct
+    probs = np.stack([conf, conf])[:, :, None]
+    thresholds = find_thresholds(probs, exit_fractions(55, 2))
+    assert thresholds[0] == np.sort(conf)[::-1][159 - 1]
+    exits, _ = assign_exits(probs, thresholds)
+    assert np.count_nonzero(exits == 0) == 159
+
+
+def test_find_thresholds_matches_literal_spec_with_ties():
+    rng = np.random.default_rng(3)
+    # Scores on a coarse grid: many equal confidences, within and across exits.
+    raw = rng.integers(0, 6, size=(4, 150, 5)).astype(np.float64) + 0.1
+    probs = (raw / raw.sum(axis=2, keepdims=True)).round(2).astype(np.float32)
+    fractions = [exit_fractions(p, 4) for p in (1, 10, 20, 40, 59)]
+    fractions += [np.array(q, dtype=np.float32) for q in
+                  ([0.0, 0.5, 0.5, 0.0], [0.9, 0.9, 0.0, 0.1], [1.0, 0.0, 0.0, 0.0],
+                   [0.001, 0.3, 0.3, 0.399])]
+    for q in fractions:
+        np.testing.assert_array_equal(_bits(find_thresholds(probs, q)),
+                                      _bits(_spec_thresholds(probs, q)), err_msg=str(q))
+
+
+def test_tied_threshold_lets_all_ties_exit_and_later_count_skips_exited():
+    conf0 = [0.9, 0.9, 0.9, 0.5, 0.4, 0.3, 0.2, 0.1]
+    conf1 = [0.95, 0.1, 0.2, 0.3, 0.8, 0.7, 0.6, 0.5]
+    probs = np.zeros((3, 8, 2), dtype=np.float32)
+    probs[0, :, 0], probs[1, :, 0] = conf0, conf1
+    probs[2, :, 0] = 0.5
+    # n_0 = floor(8 * 0.125) = 1: T_0 = 0.9, and all three 0.9s exit.
+    # n_1 = 2 among the five left (0.8, 0.7, 0.6, 0.5, 0.3), not counting the 0.95.
+    thresholds = find_thresholds(probs, [0.125, 0.25, 0.625])
+    np.testing.assert_array_equal(thresholds, np.float32([0.9, 0.7, ALWAYS]))
+    exits, _ = assign_exits(probs, thresholds)
+    np.testing.assert_array_equal(exits, [0, 0, 0, 2, 1, 1, 2, 2])
+
+
+def test_unreached_counts_give_never():
+    probs = np.full((3, 10, 2), 0.5, dtype=np.float32)
+    # n_0 = 0; n_1 = 11 > 10 samples left.
+    np.testing.assert_array_equal(find_thresholds(probs, [0.05, 1.1, 0.0]),
+                                  np.float32([NEVER, NEVER, ALWAYS]))
+
+
+def test_at_least_n_k_samples_exit_at_each_exit(golden):
+    probs = golden["probs"]
+    for p in BUDGET_INDICES:
+        q = exit_fractions(p, 3)
+        thresholds = find_thresholds(probs, q)
+        exits, _ = assign_exits(probs, thresholds)
+        for k in range(2):
+            if thresholds[k] != np.float32(NEVER):
+                assert np.count_nonzero(exits == k) >= math.floor(np.float32(600) * q[k])
+
+
+# ---------------------------------------------------------------- evaluation
+
+def test_all_exit_last_when_earlier_thresholds_unreachable(golden):
+    probs, targets, flops = golden["probs"], golden["targets"], golden["flops"]
+    exits, predictions = assign_exits(probs, [NEVER, NEVER, ALWAYS])
+    assert (exits == 2).all()
+    np.testing.assert_array_equal(predictions, probs[2].argmax(axis=1))
+    accuracy, gflops = evaluate(probs, targets, flops, [NEVER, NEVER, ALWAYS])
+    assert accuracy == pytest.approx(100.0 * np.mean(probs[2].argmax(axis=1) == targets))
+    assert gflops == pytest.approx(2.6, abs=1e-6)
+
+
+def test_all_exit_first_when_first_threshold_is_minus_1e8(golden):
+    probs, targets, flops = golden["probs"], golden["targets"], golden["flops"]
+    for rest in ([NEVER, ALWAYS], [0.0, ALWAYS], [ALWAYS, ALWAYS]):
+        exits, predictions = assign_exits(probs, [ALWAYS] + rest)
+        assert (exits == 0).all()
+        np.testing.assert_array_equal(predictions, probs[0].argmax(axis=1))
+        assert evaluate(probs, targets, flops, [ALWAYS] + rest) == (
+            pytest.approx(100.0 * np.mean(probs[0].argmax(axis=1) == targets)), 0.5)
+
+
+def test_exit_is_first_threshold_reached(golden):
+    probs = golden["probs"]
+    conf = probs.max(axis=2)
+    for row in (0, 20, 58):
+        thresholds = golden["thresholds"][row]
+        exits, predictions = assign_exits(probs, thresholds)
+        for i in range(probs.shape[1]):
+            first = next(k for k in range(3) if conf[k, i] >= thresholds[k])
+            assert exits[i] == first
+            assert predictions[i] == np.argmax(probs[first, i])
+
+
+def test_last_exit_answers_whatever_its_threshold():
+    probs = np.full((2, 4, 2), 0.5, dtype=np.float32)
+    exits, _ = assign_exits(probs, [NEVER, 0.9])
+    np.testing.assert_array_equal(exits, [1, 1, 1, 1])
+
+
+def test_anytime_accuracy(golden):
+    probs, targets = golden["probs"], golden["targets"]
+    expected = [100.0 * np.mean(probs[k].argmax(axis=1) == targets) for k in range(3)]
+    np.testing.assert_allclose(anytime_accuracy(probs, targets), expected, atol=1e-12)
+    # Exiting everyone at exit k scores exactly that exit's accuracy.
+    only_last = evaluate(probs, targets, golden["flops"], [NEVER, NEVER, ALWAYS])[0]
+    assert only_last == pytest.approx(expected[2])
+
+
+# ---------------------------------------------------------------- thresholds for a target
+
+def test_thresholds_for_budget_meets_budget_and_is_monotone(golden, confident_late):
+    for probs, targets, flops in ((golden["probs"], golden["targets"], golden["flops"]),
+                                  confident_late):
+        published = [evaluate(probs, targets, flops, find_thresholds(probs, exit_fractions(p, 3)))
+                     + (_mean_conf_at_exit(probs, find_thresholds(probs, exit_fractions(p, 3))),)
+                     for p in BUDGET_INDICES]
+        previous_proxy = -np.inf
+        for budget in np.linspace(flops[0], flops[-1], 13):
+            thresholds = thresholds_for_budget(probs, flops, budget)
+            assert thresholds.dtype == np.float32 and thresholds[-1] == np.float32(ALWAYS)
+            assert evaluate(probs, targets, flops, thresholds)[1] <= budget
+            proxy = _mean_conf_at_exit(probs, thresholds)
+            assert proxy >= previous_proxy
+            previous_proxy = proxy
+            # The published budgets are in the searched family: none within budget beats it.
+            for _, cost, published_proxy in published:
+                if cost <= budget:
+                    assert proxy >= published_proxy - 1e-12
+
+
+def test_thresholds_for_budget_spends_the_budget_on_a_realistic_cascade(confident_late):
+    probs, targets, flops = confident_late
+    for budget in (1.5, 2.0, 2.5, 3.0, 3.5):
+        cost = evaluate(probs, targets, flops, thresholds_for_budget(probs, flops, budget))[1]
+        assert budget - 0.05 <= cost <= budget
+
+
+def test_thresholds_for_budget_at_the_extremes(golden):
+    probs, flops = golden["probs"], golden["flops"]
+    exits, _ = assign_exits(probs, thresholds_for_budget(probs, flops, 0.5))
+    assert (exits == 0).all()
+    with pytest.raises(ValueError, match=r"target_gflops=0\.49.*cheapest attainable.*0\.5"):
+        thresholds_for_budget(probs, flops, 0.49)
+
+
+def test_thresholds_for_accuracy_reaches_target_cheapest(golden, confident_late):
+    for probs, targets, flops in ((golden["probs"], golden["targets"], golden["flops"]),
+                                  confident_late):
+        published = [evaluate(probs, targets, flops, find_thresholds(probs, exit_fractions(p, 3)))
+                     for p in BUDGET_INDICES]
+        best = max(accuracy for accuracy, _ in published)
+        previous_cost = -np.inf
+        for target in np.linspace(0.0, best, 9):
+            accuracy, cost = evaluate(probs, targets, flops,
+                                      thresholds_for_accuracy(probs, targets, flops, target))
+            assert accuracy >= target
+            assert cost >= previous_cost
+            previous_cost = cost
+            # Cheaper than (or as cheap as) every published budget reaching the target.
+            assert all(cost <= c for a, c in published if a >= target)
+
+
+def test_thresholds_for_accuracy_unreachable(golden):
+    probs, targets, flops = golden["probs"], golden["targets"], golden["flops"]
+    with pytest.raises(ValueError, match=r"target_accuracy=50%.*not reachable.*reach \d"):
+        thresholds_for_accuracy(probs, targets, flops, 50.0)
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        thresholds_for_accuracy(probs, targets, flops, 101.0)
+
+
+# ---------------------------------------------------------------- validation
+
+def test_shape_and_exit_count_errors(golden):
+    probs, targets, flops = golden["probs"], golden["targets"], golden["flops"]
+    with pytest.raises(ValueError, match=r"targets has shape \(599,\).*\(3, 600, 10\)"):
+        evaluate(probs, targets[:599], flops, [NEVER, NEVER, ALWAYS])
+    with pytest.raises(ValueError, match=r"flops has shape \(2,\).*K = 3"):
+        evaluate(probs, targets, flops[:2], [NEVER, NEVER, ALWAYS])
+    with pytest.raises(ValueError, match=r"thresholds has shape \(4,\).*K = 3"):
+        assign_exits(probs, [NEVER, NEVER, NEVER, ALWAYS])
+    with pytest.raises(ValueError, match=r"exit_fractions has shape \(2,\)"):
+        find_thresholds(probs, [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"shape \(600, 10\)"):
+        find_thresholds(probs[0], [1.0])
+
+
+def test_value_errors(golden):
+    probs, targets, flops = golden["probs"], golden["targets"], golden["flops"]
+    for bad in (probs * 2, probs - 0.5, np.where(probs > 0.5, np.nan, probs)):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            find_thresholds(bad, exit_fractions(1, 3))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        evaluate(probs, targets, flops[::-1], [NEVER, NEVER, ALWAYS])
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 10\)"):
+        evaluate(probs, targets + 10, flops, [NEVER, NEVER, ALWAYS])
+    with pytest.raises(ValueError, match="NaN"):
+        assign_exits(probs, [np.nan, NEVER, ALWAYS])
+    with pytest.raises(ValueError, match="non-negative"):
+        find_thresholds(probs, [-0.1, 0.5, 0.6])
+    for index in (0, 1.5, True):
+        with pytest.raises(ValueError, match="budget_index"):
+            exit_fractions(index, 3)
+    with pytest.raises(ValueError, match="target_gflops"):
+        thresholds_for_budget(probs, flops, float("nan"))
+
+
+def test_module_imports_numpy_only():
+    tree = ast.parse(pathlib.Path(search.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"logging", "math", "numbers", "numpy"}
