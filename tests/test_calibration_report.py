@@ -5,7 +5,6 @@ import numpy as np
 import mindspore as ms
 import pytest
 import yaml
-from PIL import Image
 
 from dvt_ms.calibrate import __main__ as calibrate_cli
 from dvt_ms.calibrate import search

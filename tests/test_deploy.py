@@ -9,7 +9,6 @@ import mindspore as ms
 import pytest
 import yaml
 from mindspore import nn
-from PIL import Image
 
 from dvt_ms.calibrate import search
 from dvt_ms.deploy.manifest import MANIFEST_NAME

@@ -32,7 +32,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     """Write ``exit{k}.mindir`` for every exit and ``manifest.yaml`` into ``out_dir``.
 
     ``preprocess``: dict with img_size, resize, interpolation, mean, std (fractions of 255).
-    ``thresholds``: a thresholds document from calibration (``dvt_ms.evaluate``), or None.
+    ``thresholds``: a thresholds document from calibration (``dvt_ms.calibrate``), or None.
     The directory appears complete or not at all: everything is written to a temporary sibling
     that is renamed into place at the end."""
     config = model.config
