@@ -1,12 +1,9 @@
 """Training on CPU in GRAPH_MODE with a very small cascade: the loss falls, a resumed run continues
 exactly, msrun data parallel keeps the ranks identical, and bad data never crashes a run."""
-import json
 import logging
 import os
 import pathlib
 import shutil
-import socket
-import subprocess
 
 import mindspore as ms
 import numpy as np
@@ -22,8 +19,8 @@ from dvt_ms.config import load_config
 from dvt_ms.data import ImageFolderSource, epoch_indices, make_loader, open_dataset
 from dvt_ms.errors import CheckpointError, DataError
 from dvt_ms.train.trainer import NonFiniteLossError, Trainer
+from helpers import as_overrides, free_port, losses_by_step, read_log, run_script
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 4
 
 # A 3-exit deit cascade of ~30k parameters on 32 px images, with a deterministic input pipeline
@@ -37,36 +34,12 @@ TINY = dict(
     progress_bar="never", log_every_steps=1, val_every_epochs=0, save_every_epochs=0,
 )
 
+# The same cascade as a T2T model: on 64 px images its exits have 2x2, 3x3 and 4x4 tokens.
+TINY_FAMILY = {"deit": {}, "t2t": dict(model="dvt_t2t_vit_12", patch_grids=None, img_size=64, token_dim=16)}
+
 
 def tiny_config(data_dir, output_dir, **overrides):
     return load_config(overrides={**TINY, "data_dir": str(data_dir), "output_dir": str(output_dir), **overrides})
-
-
-def read_log(output_dir, event):
-    lines = (pathlib.Path(output_dir) / "log.jsonl").read_text().splitlines()
-    return [record for record in map(json.loads, lines) if record["event"] == event]
-
-
-def losses_by_step(output_dir):
-    return {record["global_step"]: record["exit_losses"] for record in read_log(output_dir, "train")}
-
-
-def as_overrides(settings, **more):
-    """key=value command-line overrides (YAML values)."""
-    return [f"{key}={json.dumps(value)}" for key, value in {**settings, **more}.items()]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_script(*args, timeout):
-    """scripts/run_train.sh as a user runs it; returns the completed process (output captured)."""
-    env = {**os.environ, "GLOG_v": "3"}
-    return subprocess.run(["bash", str(REPO / "scripts" / "run_train.sh"), *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +104,12 @@ def test_resume_auto_after_an_epochs_last_step(image_folder, tmp_path):
     assert [record["global_step"] for record in read_log(tmp_path, "train")] == list(range(1, 9))
 
 
-def test_mixed_precision_with_dynamic_loss_scale(image_folder, tmp_path):
+@pytest.mark.parametrize("family", sorted(TINY_FAMILY))
+def test_mixed_precision_with_dynamic_loss_scale(image_folder, tmp_path, family):
     """The Ascend/GPU path (float16 O2, dynamic loss scaling, EMA, clipping) also compiles and trains on CPU."""
     config = tiny_config(image_folder, tmp_path, amp_level="O2", loss_scale_type="dynamic", loss_scale=1024.0,
-                         ema=True, clip_grad_norm=1.0, max_steps=3, epochs=1, val_every_epochs=1)
+                         ema=True, clip_grad_norm=1.0, max_steps=3, epochs=1, val_every_epochs=1,
+                         **TINY_FAMILY[family])
     trainer = Trainer(config)
     assert (trainer.runtime.amp_level, trainer.runtime.loss_scale_type) == ("O2", "dynamic")
     trainer.fit()

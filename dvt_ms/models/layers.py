@@ -1,4 +1,5 @@
 """Transformer building blocks of a DVT stage: MLP, attention that exposes its relation, block."""
+import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 from mindcv.models.layers.drop_path import DropPath
@@ -41,7 +42,8 @@ class Attention(nn.Cell):
     """Multi-head self-attention returning its pre-softmax logits (the block's *relation*).
 
     ``relation_bias`` (B, H, N, N) is the relation reused from the previous stage; it is added to
-    q·kᵀ·scale before the softmax, and the sum is what this block hands on.
+    q·kᵀ·scale before the softmax, and the sum is what this block hands on. Logits, sum and
+    softmax are float32 whatever the compute dtype (docs/model.md, "Precision"); so is the relation.
     """
 
     def __init__(self, dim, num_heads, qkv_bias, drop=0.0):
@@ -51,7 +53,6 @@ class Attention(nn.Cell):
         self.scale = self.head_dim ** -0.5
         self.qkv = dense(dim, dim * 3, has_bias=qkv_bias)
         self.proj = dense(dim, dim)
-        self.softmax = nn.Softmax(axis=-1)
         self.proj_drop = nn.Dropout(p=drop)
 
     def construct(self, x, relation_bias=None):
@@ -59,10 +60,12 @@ class Attention(nn.Cell):
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         qkv = qkv.transpose(2, 0, 3, 1, 4)
         query, key, value = qkv[0], qkv[1], qkv[2]
+        query, key = ops.cast(query, ms.float32), ops.cast(key, ms.float32)
         relation = ops.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale
         if relation_bias is not None:
-            relation = relation + relation_bias
-        out = ops.matmul(self.softmax(relation), value)
+            relation = relation + ops.cast(relation_bias, ms.float32)
+        weights = ops.cast(ops.softmax(relation, axis=-1), value.dtype)
+        out = ops.matmul(weights, value)
         out = out.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(out)), relation
 

@@ -33,10 +33,23 @@ def _orthogonal_random_features(num_features, dim):
     return (rows[:num_features, :dim] * math.sqrt(num_features)).astype(np.float32)
 
 
+def _positive_features(x, weights, feature_norm):
+    """phi(x) = exp(x·wᵀ - |x|²/2) · feature_norm for tokens x (B, N, dim) and w (m, dim).
+
+    A plain function, not a Cell method: under mixed precision MindSpore casts a method's arguments
+    to the cell's compute dtype, which would undo the caller's float32 cast."""
+    projected = ops.matmul(x, weights.T)
+    half_sq_norm = (x * x).sum(axis=-1, keepdims=True) / 2
+    return ops.exp(projected - half_sq_norm) * feature_norm
+
+
 class TokenPerformer(nn.Cell):
     """Single-head Performer attention with positive random features, then an MLP (T2T-ViT).
 
-    phi(t) = exp(t·wᵀ - |t|²/2) / sqrt(m) makes softmax attention linear in the token count."""
+    phi(t) = exp(t·wᵀ - |t|²/2) / sqrt(m) makes softmax attention linear in the token count.
+    The random-feature attention runs in float32 whatever the compute dtype (docs/model.md,
+    "Precision"): in float16 exp overflows, the normaliser underflows to 0 and 1e-8 rounds to 0.
+    """
 
     def __init__(self, in_dim, dim, kernel_ratio=0.5):
         super().__init__()
@@ -51,26 +64,26 @@ class TokenPerformer(nn.Cell):
             Tensor(_orthogonal_random_features(self.num_features, dim)), requires_grad=False)
         self.feature_norm = 1.0 / math.sqrt(self.num_features)
 
-    def positive_features(self, x):
-        projected = ops.matmul(x, self.random_features.T)
-        half_sq_norm = (x * x).sum(axis=-1, keepdims=True) / 2
-        return ops.exp(projected - half_sq_norm) * self.feature_norm
-
     def construct(self, x):
         key, query, value = ops.split(self.kqv(self.norm1(x)), self.dim, axis=-1)
-        key_features = self.positive_features(key)
-        query_features = self.positive_features(query)
+        weights = ops.cast(self.random_features, ms.float32)
+        key_features = _positive_features(ops.cast(key, ms.float32), weights, self.feature_norm)
+        query_features = _positive_features(ops.cast(query, ms.float32), weights, self.feature_norm)
         normaliser = ops.matmul(query_features, key_features.sum(axis=1, keepdims=True).transpose(0, 2, 1))
-        key_value = ops.matmul(value.transpose(0, 2, 1), key_features)               # (B, dim, m)
+        key_value = ops.matmul(ops.cast(value, ms.float32).transpose(0, 2, 1), key_features)   # (B, dim, m)
         attended = ops.matmul(query_features, key_value.transpose(0, 2, 1)) / (normaliser + 1e-8)
-        y = value + self.proj(attended)
+        y = value + self.proj(ops.cast(attended, value.dtype))
         return y + self.mlp(self.norm2(y))
 
 
 def _soft_split(x, split):
     """torch.nn.Unfold on (B, C, H, W), returned as tokens (B, L, C·k·k), channel order (c, ki, kj)."""
     kernel, stride, padding = split
-    return ops.unfold(x, kernel_size=kernel, dilation=1, padding=padding, stride=stride).transpose(0, 2, 1)
+    dtype = x.dtype
+    if dtype == ms.bfloat16:
+        x = ops.cast(x, ms.float32)   # Im2Col takes no bfloat16; the rearrangement is exact in float32
+    tokens = ops.unfold(x, kernel_size=kernel, dilation=1, padding=padding, stride=stride)
+    return ops.cast(tokens, dtype).transpose(0, 2, 1)
 
 
 class T2TTokenizer(nn.Cell):

@@ -1,0 +1,129 @@
+"""Mixed precision (docs/model.md, "Precision"): every preset compiles and trains in float16 and
+bfloat16 at O2 and O3, the golden checkpoints' float16 logits stay close to float32, and
+activations that overflow or underflow float16 stay finite. Tests force the Ascend/GPU levels on
+the CPU (CPU alone would pick O0)."""
+import numpy as np
+import mindspore as ms
+import pytest
+from mindcv.loss import create_loss
+from mindcv.optim import create_optimizer
+
+import dvt_ms
+from dvt_ms.models.presets import PRESETS
+from dvt_ms.train.step import ExitLosses, TrainStep
+from helpers import GOLDEN_MODELS, as_overrides, converted_golden_model, losses_by_step, run_script
+
+# float16 keeps 11 significant bits (unit roundoff u = 2^-11 = 4.9e-4), and O2 rounds every
+# activation to it on its way through the tokenizer, two blocks and a head: the golden logits
+# (|z| <= 5) move by a few u·|z|. Measured at O2 on the CPU: 2.1-3.0e-3 (T2T) and 2.2-2.9e-3
+# (DeiT); merely rounding the float32 model's weights and images to float16 moves them 1.0-2.4e-3.
+# 1e-2 leaves room for kernels that round differently (Ascend, GPU) and is still 0.2-0.5 % of the
+# logits; an island lost where float16 breaks gives NaN or inf, not a small error.
+FLOAT16_LOGITS_ATOL = 1e-2
+
+# The presets at test size: each keeps its family, qkv bias, LayerNorm eps and MLP ratio; the
+# dtype path is the same at any width, depth or resolution (64 px gives T2T grids 2, 3, 4).
+REDUCED = dict(embed_dim=64, depth=2, num_heads=2, img_size=64, num_classes=4)
+REDUCED_FAMILY = {"t2t": dict(token_dim=16), "deit": dict(patch_grids=[2, 4, 8])}
+
+
+def reduced_preset(name):
+    return dvt_ms.create_model(name, **REDUCED, **REDUCED_FAMILY[PRESETS[name]["family"]])
+
+
+def golden_images(golden_dir, family):
+    return ms.Tensor(np.load(golden_dir / f"{family}.npz")["images"])
+
+
+def stressed_golden_model(golden_dir, converted_dir, family):
+    """The golden model with activations float16 cannot hold in its float32 islands.
+
+    T2T: every Performer's random features doubled, so exp(t·wᵀ - |t|²/2) reaches |w|²/2 = 16 and
+    e^16 = 8.9e6 overflows float16 (65504). DeiT: the last exit's query and key projections
+    scaled by 1000, so its attention logits reach about 1e5. (The last exit's relations are not
+    reused, so only the attention island is stressed.)"""
+    model, _ = converted_golden_model(golden_dir, family, converted_dir)
+    for param in model.get_parameters():
+        value = param.asnumpy().copy()
+        if family == "t2t" and param.name.endswith("random_features"):
+            param.set_data(ms.Tensor(value * 2))
+        elif family == "deit" and param.name.startswith("stages.2.") and ".attn.qkv." in param.name:
+            query_and_key = 2 * value.shape[0] // 3
+            value[:query_and_key] *= 1000
+            param.set_data(ms.Tensor(value))
+    return model
+
+
+def float16_logits(model, images):
+    network = ms.amp.auto_mixed_precision(model, "O2", ms.float16)
+    return [logits.asnumpy() for logits in network(images)]
+
+
+@pytest.mark.parametrize("family", sorted(GOLDEN_MODELS))
+def test_golden_logits_at_O2_stay_close_to_float32(golden_dir, converted_dir, family):
+    images = golden_images(golden_dir, family)
+    model, _ = converted_golden_model(golden_dir, family, converted_dir)
+    expected = [logits.asnumpy() for logits in model(images)]
+    for exit_index, (low, full) in enumerate(zip(float16_logits(model, images), expected)):
+        assert low.dtype == np.float32   # O2 hands float32 logits to the loss
+        np.testing.assert_allclose(low, full, rtol=0, atol=FLOAT16_LOGITS_ATOL,
+                                   err_msg=f"{family} exit {exit_index + 1}")
+
+
+@pytest.mark.parametrize("family", sorted(GOLDEN_MODELS))
+def test_activations_beyond_float16_range_stay_finite_at_O2(golden_dir, converted_dir, family):
+    images = golden_images(golden_dir, family)
+    expected = [logits.asnumpy() for logits in stressed_golden_model(golden_dir, converted_dir, family)(images)]
+    actual = float16_logits(stressed_golden_model(golden_dir, converted_dir, family), images)
+    for exit_index, (low, full) in enumerate(zip(actual, expected)):
+        assert np.isfinite(full).all()
+        np.testing.assert_allclose(low, full, rtol=0, atol=FLOAT16_LOGITS_ATOL,
+                                   err_msg=f"{family} exit {exit_index + 1}")
+
+
+PRECISION_CASES = [(name, level, dtype) for name in sorted(PRESETS) for level in ("O2", "O3")
+                   for dtype in ("float16", "bfloat16")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, level, dtype", PRECISION_CASES)
+def test_every_preset_compiles_and_trains_in_low_precision(tmp_path, name, level, dtype):
+    """One training step graph (forward, backward, loss scale, AdamW) of each preset (test size).
+    float16 runs two steps on the CPU. The CPU has no bfloat16 kernels, so the bfloat16 step goes
+    through MindSpore's front end only (type inference, autodiff, optimizer), by exporting it to
+    MindIR: where the T2T float16 graph used to fail, before any device code runs."""
+    ms.set_seed(0)
+    model = reduced_preset(name)
+    network = ms.amp.auto_mixed_precision(model, level, getattr(ms, dtype))
+    optimizer = create_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05)
+    step = TrainStep(ExitLosses(network, create_loss("CE")), optimizer,
+                     "dynamic" if dtype == "float16" else "none", loss_scale=1024.0)
+    step.set_train(True)
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.standard_normal((2, 3, REDUCED["img_size"], REDUCED["img_size"])).astype(np.float32))
+    labels = ms.Tensor(np.array([1, 3], np.int32))
+    if dtype == "bfloat16":
+        ms.export(step, images, labels, file_name=str(tmp_path / "step"), file_format="MINDIR")
+        assert (tmp_path / "step.mindir").stat().st_size > 0
+        return
+    before = model.stages[0].head.weight.asnumpy().copy()
+    for _ in range(2):
+        losses, applied = step(images, labels)
+        assert np.isfinite(losses.asnumpy()).all() and bool(applied.asnumpy())
+    assert not np.array_equal(model.stages[0].head.weight.asnumpy(), before)
+    assert model.stages[0].head.weight.dtype == ms.float32   # master weights stay float32
+
+
+@pytest.mark.slow
+def test_reported_t2t_command_trains_at_O2(tmp_path, make_class_folders):
+    """Issue 12's command: a T2T model on 224 px images with the Ascend/GPU level forced on the CPU."""
+    make_class_folders(tmp_path / "data" / "train", 4, per_class=2)
+    make_class_folders(tmp_path / "data" / "val", 4, per_class=1, seed=1)
+    settings = dict(model="dvt_t2t_vit_12", patch_grids=None, token_dim=16, img_size=224, num_classes=4,
+                    batch_size=4, num_workers=1, amp_level="O2", max_steps=2, log_every_steps=1,
+                    progress_bar="never", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"))
+    result = run_script("configs/tiny_cpu.yaml", *as_overrides(settings), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses = losses_by_step(tmp_path / "out")
+    assert sorted(losses) == [1, 2] and np.isfinite(list(losses.values())).all()
+    assert (tmp_path / "out" / "step_00000002.ckpt").is_file()
