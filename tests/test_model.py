@@ -1,4 +1,8 @@
 """The model against the authors' code (golden logits), the invariants of docs/model.md, and training."""
+import json
+import subprocess
+import sys
+
 import numpy as np
 import mindspore as ms
 import mindcv
@@ -8,7 +12,8 @@ from mindspore import nn
 import dvt_ms
 from dvt_ms.models.presets import PRESET_STATE_DICT_ELEMENTS, PRESETS, patch_geometry
 from dvt_ms.models.resample import GridResample, resample_matrix
-from helpers import converted_golden_model, golden_overrides, GOLDEN_MODELS
+from dvt_ms.models.tokenizers import TokenPerformer
+from helpers import REPO, converted_golden_model, golden_overrides, GOLDEN_MODELS
 
 
 @pytest.mark.parametrize("family", sorted(GOLDEN_MODELS))
@@ -170,3 +175,56 @@ def test_one_graph_mode_training_step_updates_every_stage():
         np.testing.assert_array_equal(before[name], after[name])
     assert any(not np.array_equal(before[n], after[n]) for n in before if ".relation_reuse." in n)
     assert any(not np.array_equal(before[n], after[n]) for n in before if ".feature_reuse." in n)
+
+
+def _weights(model):
+    return {param.name: param.asnumpy() for param in model.get_parameters()}
+
+
+@pytest.mark.parametrize("family", sorted(GOLDEN_MODELS))
+def test_every_parameter_is_a_function_of_the_seed(golden_dir, family):
+    """Two builds after the same mindspore.set_seed are identical, trained and fixed parameters
+    alike; another seed changes every random one (the Performers' random features included)."""
+    overrides = golden_overrides(golden_dir, family)
+    builds = []
+    for seed in (0, 0, 1):
+        ms.set_seed(seed)
+        builds.append(_weights(dvt_ms.create_model(GOLDEN_MODELS[family], **overrides)))
+    first, again, other_seed = builds
+    for name, value in first.items():
+        np.testing.assert_array_equal(again[name], value, err_msg=name)
+    random = [name for name, value in first.items() if value.std() > 0 and not name.endswith("pos_embed")]
+    assert all(not np.array_equal(other_seed[name], first[name]) for name in random)
+    if family == "t2t":
+        assert sum(name.endswith("random_features") for name in random) == 6
+
+
+_BUILD_IN_A_NEW_PROCESS = """
+import json, sys
+import mindspore as ms, numpy as np
+import dvt_ms
+ms.set_seed(0)
+model = dvt_ms.create_model(sys.argv[1], **json.loads(sys.argv[2]))
+np.savez(sys.argv[3], **{param.name: param.asnumpy() for param in model.get_parameters()})
+"""
+
+
+def test_processes_seeded_alike_build_identical_t2t_models(golden_dir, tmp_path):
+    """What every data-parallel rank does: a fresh process, the same seed, the same weights."""
+    overrides = golden_overrides(golden_dir, "t2t")
+    saved = tmp_path / "weights.npz"
+    subprocess.run([sys.executable, "-c", _BUILD_IN_A_NEW_PROCESS, GOLDEN_MODELS["t2t"], json.dumps(overrides),
+                    str(saved)], check=True, cwd=REPO, capture_output=True, timeout=300)
+    ms.set_seed(0)
+    here = _weights(dvt_ms.create_model(GOLDEN_MODELS["t2t"], **overrides))
+    there = np.load(saved)
+    assert sorted(there.files) == sorted(here)
+    for name, value in here.items():
+        np.testing.assert_array_equal(there[name], value, err_msg=name)
+
+
+def test_performer_random_features_are_orthogonal_rows_of_norm_sqrt_m():
+    performer = TokenPerformer(in_dim=12, dim=16)   # m = 8 features
+    features = performer.random_features.asnumpy().astype(np.float64)
+    assert features.shape == (8, 16)
+    np.testing.assert_allclose(features @ features.T, 8 * np.eye(8), atol=1e-5)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from dvt_ms.checkpoint import load_pretrained, store
 from dvt_ms.train.checkpoints import CheckpointManager, TrainingState, load_training_checkpoint
-from dvt_ms.config import load_config
+from dvt_ms.config import load_config, model_overrides
 from dvt_ms.data import ImageFolderSource, epoch_indices, make_loader, open_dataset
 from dvt_ms.errors import CheckpointError, DataError
 from dvt_ms.train.trainer import NonFiniteLossError, Trainer
@@ -121,10 +121,13 @@ def test_mixed_precision_with_dynamic_loss_scale(image_folder, tmp_path, family)
 
 
 @pytest.mark.slow
-def test_msrun_two_workers_keep_identical_weights(image_folder, tmp_path):
+@pytest.mark.parametrize("family", sorted(TINY_FAMILY))
+def test_msrun_two_workers_keep_identical_weights(image_folder, tmp_path, family):
+    """Every parameter, trained or fixed (the T2T Performers' random features), agrees across ranks."""
     logs = tmp_path / "msrun_logs"
+    settings = {**TINY, **TINY_FAMILY[family], "batch_size": 4, "epochs": 1}
     result = run_script("configs/tiny_cpu.yaml", "--num_devices", 2, "--master_port", free_port(),
-                        "--log_dir", logs, *as_overrides(TINY, batch_size=4, epochs=1),
+                        "--log_dir", logs, *as_overrides(settings),
                         f"data_dir={image_folder}", f"output_dir={tmp_path / 'out'}", timeout=400)
     worker_logs = {path.name: path.read_text() for path in logs.glob("worker_*.log")}
     assert result.returncode == 0, result.stderr[-3000:] + "".join(text[-2000:] for text in worker_logs.values())
@@ -133,7 +136,9 @@ def test_msrun_two_workers_keep_identical_weights(image_folder, tmp_path):
     assert start["world_size"] == 2 and start["steps_per_epoch"] == 4  # 32 images / 2 ranks / batch 4
     agreement = read_log(tmp_path / "out", "rank_agreement")[-1]
     fingerprints = np.array(agreement["fingerprints"])
-    assert fingerprints.shape[0] == 2
+    config = tiny_config(image_folder, tmp_path, **settings)
+    num_parameters = len(list(dvt_ms.create_model(config.model, **model_overrides(config)).get_parameters()))
+    assert fingerprints.shape == (2, num_parameters, 2)
     np.testing.assert_array_equal(fingerprints[0], fingerprints[1])
     assert agreement["max_difference"] == 0.0
     assert (tmp_path / "out" / "step_00000004.ckpt").is_file()

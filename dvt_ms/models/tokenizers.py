@@ -5,7 +5,7 @@ import math
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import TruncatedNormal, initializer
+from mindspore.common.initializer import Orthogonal, TruncatedNormal, initializer
 
 from .layers import Mlp, dense, layer_norm
 
@@ -23,14 +23,6 @@ def sinusoid_table(num_positions, dim):
     angles[:, 0::2] = np.sin(angles[:, 0::2])
     angles[:, 1::2] = np.cos(angles[:, 1::2])
     return angles.astype(np.float32)
-
-
-def _orthogonal_random_features(num_features, dim):
-    """Performer's fixed random projection: orthogonal rows scaled by sqrt(num_features)."""
-    gaussian = np.random.default_rng().standard_normal((max(num_features, dim), min(num_features, dim)))
-    basis, _ = np.linalg.qr(gaussian)
-    rows = basis if num_features >= dim else basis.T
-    return (rows[:num_features, :dim] * math.sqrt(num_features)).astype(np.float32)
 
 
 def _positive_features(x, weights, feature_norm):
@@ -60,8 +52,11 @@ class TokenPerformer(nn.Cell):
         self.proj = dense(dim, dim)
         self.norm2 = layer_norm(dim, T2T_LAYERNORM_EPS)
         self.mlp = Mlp(dim, dim, dim)
+        # Fixed, never trained: drawn like every other weight, so a function of mindspore.set_seed
+        # (identical on every data-parallel rank); a checkpoint's `.w` overrides it.
         self.random_features = Parameter(
-            Tensor(_orthogonal_random_features(self.num_features, dim)), requires_grad=False)
+            initializer(Orthogonal(gain=math.sqrt(self.num_features)), [self.num_features, dim], ms.float32),
+            requires_grad=False)
         self.feature_norm = 1.0 / math.sqrt(self.num_features)
 
     def construct(self, x):

@@ -70,10 +70,12 @@ class Trainer:
     def __init__(self, config):
         self.config = config
         self.runtime = runtime = setup_runtime(config)
-        ms.set_seed(config.seed)  # the same on every rank: identical initial weights
 
         self.train_data = open_dataset(config, config.train_split, config.num_workers)
         self.val_data = open_dataset(config, config.val_split, config.num_workers) if config.val_every_epochs else None
+        # Every weight, trained or fixed, is drawn from the seeded stream in construction order:
+        # seeding right here gives every rank the same initial weights.
+        ms.set_seed(config.seed)
         self.model = create_model(config.model, **model_overrides(config))
         self.arch = self.model.config
         _check_classes(self.train_data, self.arch.num_classes)
@@ -211,10 +213,11 @@ class Trainer:
             self.checkpoints.save(self.train_step, self.state)
 
     def _check_ranks_agree(self):
-        """Compare per-parameter (sum, sum of squares) across ranks: data parallel keeps them equal,
-        so any difference means a rank has silently diverged (recorded, and logged as an error)."""
+        """Compare per-parameter (sum, sum of squares) of every parameter, trained or fixed (the
+        Performers' random features), across ranks: data parallel keeps them equal, so any
+        difference means a rank has silently diverged (recorded, and logged as an error)."""
         fingerprint = np.array([[value.sum(dtype=np.float64), np.square(value, dtype=np.float64).sum()]
-                                for value in (param.asnumpy() for param in self.model.trainable_params())])
+                                for value in (param.asnumpy() for param in self.model.get_parameters())])
         per_rank = gather_from_ranks(fingerprint)
         difference = float(np.abs(per_rank - per_rank[0]).max())
         self.progress.record("rank_agreement", global_step=self.state.global_step, max_difference=difference,
