@@ -7,12 +7,12 @@ import numpy as np
 import mindspore as ms
 import mindcv
 import pytest
-from mindspore import nn
+from mindspore import nn, ops
 
 import dvt_ms
 from dvt_ms.models.presets import PRESET_STATE_DICT_ELEMENTS, PRESETS, patch_geometry
 from dvt_ms.models.resample import GridResample, resample_matrix
-from dvt_ms.models.tokenizers import TokenPerformer
+from dvt_ms.models.tokenizers import PERFORMER_DROPOUT, TokenPerformer
 from helpers import REPO, converted_golden_model, golden_overrides, GOLDEN_MODELS
 
 
@@ -228,3 +228,30 @@ def test_performer_random_features_are_orthogonal_rows_of_norm_sqrt_m():
     features = performer.random_features.asnumpy().astype(np.float64)
     assert features.shape == (8, 16)
     np.testing.assert_allclose(features @ features.T, 8 * np.eye(8), atol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["proj", "mlp"])
+def test_performer_dropout_acts_in_training_only(site):
+    """The published Performer drops its attention projection's and its MLP's outputs with
+    probability 0.1 in training (whatever drop_rate): each element is either dropped or scaled by
+    1/0.9. In evaluation it is the identity and the output deterministic."""
+    ms.set_seed(0)
+    performer = TokenPerformer(in_dim=24, dim=16)
+    # Silence the other site: the output is then value + (dropout of) this site's output.
+    silenced = performer.mlp.fc2 if site == "proj" else performer.proj
+    for param in silenced.get_parameters():
+        param.set_data(ms.Tensor(np.zeros(param.shape, np.float32)))
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((4, 256, 24)).astype(np.float32))
+    value = ops.split(performer.kqv(performer.norm1(x)), 16, axis=-1)[2].asnumpy()
+    performer.set_train(False)
+    evaluated = performer(x).asnumpy()
+    np.testing.assert_array_equal(performer(x).asnumpy(), evaluated)
+    performer.set_train(True)
+    trained = performer(x).asnumpy()
+    site_eval, site_train = evaluated - value, trained - value
+    clear = np.abs(site_eval) > 1e-3
+    dropped = np.isclose(site_train, 0.0, atol=1e-5)
+    kept = np.isclose(site_train, site_eval / (1 - PERFORMER_DROPOUT), rtol=1e-3, atol=1e-5)
+    assert np.all(dropped | kept)
+    assert PERFORMER_DROPOUT == 0.1
+    assert 0.08 < dropped[clear].mean() < 0.12   # 16384 elements: the standard deviation is 0.0023

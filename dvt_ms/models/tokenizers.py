@@ -13,6 +13,9 @@ __all__ = ["sinusoid_table", "TokenPerformer", "T2TTokenizer", "PatchTokenizer",
 
 # The T2T modules keep PyTorch's LayerNorm default, whatever the backbone uses.
 T2T_LAYERNORM_EPS = 1e-5
+# The published Performer's own dropout (after its attention projection and its MLP), independent of
+# the backbone's drop_rate.
+PERFORMER_DROPOUT = 0.1
 
 
 def sinusoid_table(num_positions, dim):
@@ -50,8 +53,10 @@ class TokenPerformer(nn.Cell):
         self.norm1 = layer_norm(in_dim, T2T_LAYERNORM_EPS)
         self.kqv = dense(in_dim, 3 * dim)
         self.proj = dense(dim, dim)
+        self.proj_drop = nn.Dropout(p=PERFORMER_DROPOUT)
         self.norm2 = layer_norm(dim, T2T_LAYERNORM_EPS)
         self.mlp = Mlp(dim, dim, dim)
+        self.mlp_drop = nn.Dropout(p=PERFORMER_DROPOUT)
         # Fixed, never trained: drawn like every other weight, so a function of mindspore.set_seed
         # (identical on every data-parallel rank); a checkpoint's `.w` overrides it.
         self.random_features = Parameter(
@@ -67,8 +72,8 @@ class TokenPerformer(nn.Cell):
         normaliser = ops.matmul(query_features, key_features.sum(axis=1, keepdims=True).transpose(0, 2, 1))
         key_value = ops.matmul(ops.cast(value, ms.float32).transpose(0, 2, 1), key_features)   # (B, dim, m)
         attended = ops.matmul(query_features, key_value.transpose(0, 2, 1)) / (normaliser + 1e-8)
-        y = value + self.proj(ops.cast(attended, value.dtype))
-        return y + self.mlp(self.norm2(y))
+        y = value + self.proj_drop(self.proj(ops.cast(attended, value.dtype)))
+        return y + self.mlp_drop(self.mlp(self.norm2(y)))
 
 
 def _soft_split(x, split):
