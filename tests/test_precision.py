@@ -1,14 +1,17 @@
 """Mixed precision (docs/model.md, "Precision"): every preset compiles and trains in float16 and
-bfloat16 at O2 and O3, the golden checkpoints' float16 logits stay close to float32, and
-activations that overflow or underflow float16 stay finite. Tests force the Ascend/GPU levels on
-the CPU (CPU alone would pick O0)."""
+bfloat16 at O2 and O3, the golden checkpoints' float16 logits stay close to float32, activations
+that overflow or underflow float16 stay finite, and the exported float16 graphs keep their float32
+islands. Tests force the Ascend/GPU levels on the CPU (CPU alone would pick O0)."""
 import numpy as np
 import mindspore as ms
 import pytest
 from mindcv.loss import create_loss
 from mindcv.optim import create_optimizer
+from mindspore import nn
+from mindspore.train import mind_ir_pb2   # MindSpore's MindIR protobuf: the graph as deployed
 
 import dvt_ms
+from dvt_ms.export.writer import export_model
 from dvt_ms.models.presets import PRESETS
 from dvt_ms.train.step import ExitLosses, TrainStep
 from helpers import GOLDEN_MODELS, as_overrides, converted_golden_model, losses_by_step, run_script
@@ -79,6 +82,48 @@ def test_activations_beyond_float16_range_stay_finite_at_O2(golden_dir, converte
         assert np.isfinite(full).all()
         np.testing.assert_allclose(low, full, rtol=0, atol=FLOAT16_LOGITS_ATOL,
                                    err_msg=f"{family} exit {exit_index + 1}")
+
+
+def mindir_node_dtypes(path):
+    """{op name: set of output dtype names} of every node in a MindIR file."""
+    model = mind_ir_pb2.ModelProto()
+    with open(path, "rb") as handle:
+        model.ParseFromString(handle.read())
+    names = mind_ir_pb2.TensorProto.DataType
+    dtypes = {}
+    for node in model.graph.node:
+        op = node.op_type.split("::")[-1].split(":")[0]   # "REF::Exp:53" -> "Exp"
+        outputs = {names.Name(t.data_type) for a in node.attribute if a.name == "shape" for t in a.tensors}
+        dtypes.setdefault(op, set()).update(outputs)
+    return dtypes
+
+
+@pytest.mark.parametrize("family", sorted(GOLDEN_MODELS))
+def test_float16_export_keeps_the_float32_islands(golden_dir, converted_dir, tmp_path, family):
+    """Exported at precision float16, the stressed golden model's graphs compute the Performer's
+    exp and the attention softmax in float32 (matrix products in float16), stay finite, and equal
+    the float16 Cells."""
+    images = golden_images(golden_dir, family)
+    model = stressed_golden_model(golden_dir, converted_dir, family)
+    preprocess = {"img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic",
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    manifest = export_model(model, tmp_path, GOLDEN_MODELS[family], preprocess, overwrite=True,
+                            precision="float16")
+    assert manifest["precision"] == "float16"
+    cells = [logits.asnumpy().astype(np.float32) for logits in model(images)]   # converted in place
+    reused = ()
+    for exit_index, info in enumerate(manifest["exits"]):
+        dtypes = mindir_node_dtypes(tmp_path / info["file"])
+        assert "FLOAT16" in dtypes["MatMul"]
+        assert dtypes["Softmax"] == {"FLOAT"}
+        if family == "t2t":
+            assert dtypes["Exp"] == {"FLOAT"}
+        outputs = nn.GraphCell(ms.load(str(tmp_path / info["file"])))(images, *reused)
+        assert all(output.dtype == ms.float32 for output in outputs)
+        logits = outputs[0].asnumpy()
+        assert np.isfinite(logits).all()
+        np.testing.assert_array_equal(logits, cells[exit_index])
+        reused = tuple(outputs[1:])
 
 
 PRECISION_CASES = [(name, level, dtype) for name in sorted(PRESETS) for level in ("O2", "O3")

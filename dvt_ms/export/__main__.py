@@ -47,11 +47,13 @@ def _run(args):
                   "resize": round(model.config.img_size / config.crop_pct),
                   "interpolation": config.interpolation, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes),
-                 thresholds, args.overwrite)
+                 thresholds, args.overwrite, args.precision)
     print(f"exported {model.config.num_exits} exits to {args.out}")
 
 
 def main(argv=None):
+    from .writer import PRECISIONS
+
     parser = argparse.ArgumentParser(prog="run_export.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="YAML config of the model")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")
@@ -59,6 +61,9 @@ def main(argv=None):
     parser.add_argument("--thresholds", help="thresholds.yaml from run_eval.sh, stored in the manifest")
     parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="float32",
+                        help="compute dtype of the graphs; float16/bfloat16 keep LayerNorm and the model's float32 "
+                             "islands in float32 (convert them for Ascend with precision_mode=enforce_origin)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)   # key=value may follow the options
     cli.setup_logging(timestamps=False)

@@ -1,6 +1,7 @@
 """Each exit as a deployable graph: images and the previous exit's reuse tensors in, logits and
 what the next exit reuses out, all with a dynamic batch dimension."""
-from mindspore import nn
+import mindspore as ms
+from mindspore import nn, ops
 
 __all__ = ["exit_signature", "ExitGraph"]
 
@@ -32,7 +33,8 @@ def exit_signature(config, exit_index):
 
 class ExitGraph(nn.Cell):
     """Exit ``exit_index`` as deployed: ``(images, *reuse inputs) -> (logits, *reuse outputs)``,
-    in the order of ``exit_signature``."""
+    in the order of ``exit_signature``. Inputs and outputs are float32 whatever precision the
+    stage computes in."""
 
     def __init__(self, model, exit_index):
         super().__init__(auto_prefix=False)
@@ -49,9 +51,9 @@ class ExitGraph(nn.Cell):
         prev_feature = reused[0] if self.takes_feature else None
         prev_relations = reused[-1] if self.takes_relations else None
         logits, feature, relations = self.stage(images, prev_feature, prev_relations)
-        outputs = (logits,)
+        outputs = (ops.cast(logits, ms.float32),)
         if self.gives_feature:
-            outputs = outputs + (feature,)
+            outputs = outputs + (ops.cast(feature, ms.float32),)
         if self.gives_relations:
-            outputs = outputs + (relations,)
+            outputs = outputs + (ops.cast(relations, ms.float32),)
         return outputs

@@ -15,7 +15,7 @@ from ..fileio import staged_directory
 from ..models.flops import model_flops
 from .graphs import ExitGraph, exit_signature
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "export_model"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRECISIONS", "export_model"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -23,24 +23,34 @@ LOGGER = logging.getLogger(__name__)
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
+# Compute dtype of the exported graphs. float16 / bfloat16: MindSpore's O2 (LayerNorm in float32)
+# plus the model's own float32 islands (docs/model.md, "Precision"); inputs and outputs stay float32.
+PRECISIONS = {"float32": None, "float16": ms.float16, "bfloat16": ms.bfloat16}
+
 
 def _placeholder(shape):
     return ms.Tensor(shape=[None if size == -1 else size for size in shape], dtype=ms.float32)
 
 
-def export_model(model, out_dir, model_name, preprocess, class_names=None, thresholds=None, overwrite=False):
+def export_model(model, out_dir, model_name, preprocess, class_names=None, thresholds=None, overwrite=False,
+                 precision="float32"):
     """Write ``exit{k}.mindir`` for every exit and ``manifest.yaml`` into ``out_dir``.
 
     ``preprocess``: dict with img_size, resize, interpolation, mean, std (fractions of 255).
     ``thresholds``: a thresholds document from calibration (``dvt_ms.calibrate``), or None.
+    ``precision``: a key of ``PRECISIONS``; other than float32 it converts ``model`` in place.
     The directory appears complete or not at all: everything is written to a temporary sibling
     that is renamed into place at the end."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     config = model.config
     if thresholds is not None:
         check_thresholds_fit(thresholds, model_name, config.num_exits, "thresholds")
     if class_names is not None and len(class_names) != config.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {config.num_classes} classes")
     with staged_directory(out_dir, overwrite) as staging:
+        if PRECISIONS[precision] is not None:
+            ms.amp.auto_mixed_precision(model, "O2", PRECISIONS[precision])   # converts the stages in place
         model.set_train(False)
         flops = model_flops(config)
         exits = []
@@ -57,7 +67,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
         manifest = {"format": MANIFEST_FORMAT, "model": model_name,
                     "architecture": _plain(dataclasses.asdict(config)), "num_exits": config.num_exits,
                     "num_classes": config.num_classes, "class_names": class_names, "preprocess": preprocess,
-                    "exits": exits, "thresholds": thresholds}
+                    "precision": precision, "exits": exits, "thresholds": thresholds}
         with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:
             yaml.safe_dump(manifest, handle, sort_keys=False)
     LOGGER.info("wrote %d MindIR files and %s to %s", config.num_exits, MANIFEST_NAME, out_dir)
