@@ -68,14 +68,15 @@ def setup_logging(level=logging.INFO, timestamps=True):
 def run(command):
     """Call ``command()`` (returning None or an exit code) the way every CLI ends.
 
-    A ``DVTError`` prints ``error: <message>`` on stderr and returns its exit code (2);
+    A ``DVTError`` prints ``<label>: <message>`` on stderr (``error: ...`` for user errors) and
+    returns its exit code (2 for user errors);
     Ctrl-C returns 130 with a one-line note. Other exceptions are bugs and propagate.
     """
     try:
         return command() or 0
     except DVTError as error:
         sys.stdout.flush()
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{error.label}: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         sys.stdout.flush()

@@ -7,13 +7,14 @@ escapes a command is a bug and keeps its traceback.
 
 __all__ = ["DVTError", "ConfigError", "DataError", "CheckpointError", "ConversionError",
            "CheckpointFormatError", "UnsafeCheckpointError", "ManifestError", "InferenceError",
-           "OutputPathError"]
+           "OutputPathError", "DiskFullError"]
 
 
 class DVTError(Exception):
     """Base of every error whose message tells the user what to change."""
 
     exit_code = 2
+    label = "error"   # the command line prints "<label>: <message>"
 
 
 class ConfigError(DVTError, ValueError):
@@ -50,3 +51,7 @@ class InferenceError(DVTError):
 
 class OutputPathError(DVTError):
     """An output path that cannot be written; checked before any work starts."""
+
+
+class DiskFullError(OutputPathError):
+    """No space left while writing an output; the temporary is removed and the previous file kept."""

@@ -1,18 +1,17 @@
 """PNG figures drawn with Pillow alone: accuracy-vs-budget curves and captioned image grids.
 
 The project avoids a plotting dependency, so this module draws the two figures the demo needs
-by hand. Both writers are atomic: the PNG is written to a temporary file in the destination
-directory and moved into place with ``os.replace``, so a reader never sees a half-written file.
+by hand. Both writers are atomic (``fileio.atomic_write``): a reader never sees a half-written file.
 
 Fonts: DejaVu Sans when the system has it (it has symbols such as ✓ and ✗), otherwise Pillow's
 built-in font; symbols that font lacks are replaced by ASCII look-alikes.
 """
 import math
 import os
-import pathlib
-import tempfile
 
 from PIL import Image, ImageDraw, ImageFont
+
+from .fileio import atomic_write
 
 __all__ = ["plot_budget_curve", "image_grid", "load_font", "nice_ticks"]
 
@@ -69,17 +68,7 @@ def _text_size(draw, text, font):
 # --------------------------------------------------------------------------------------------
 
 def _save_png_atomically(image, path):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_write(str(path), lambda temporary: image.save(temporary, format="PNG"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def _run(args):
     from ..config import load_config, model_overrides
     from ..device import use_device
     from ..errors import ConfigError, DataError
+    from ..fileio import prepare_staged_directory
     from ..models import create_model
     from ..models.flops import model_flops
 
@@ -47,6 +48,8 @@ def _run(args):
     config = load_config(args.config, overrides)
     if not config.data_dir:
         raise ConfigError("no dataset: pass --data DIR or set data_dir")
+    out_dir = args.out or os.path.join(config.output_dir, "eval")
+    prepare_staged_directory(out_dir, args.overwrite)   # before hours of evaluation, not after
     use_device(config.device_target)
     model = create_model(config.model, **model_overrides(config))
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
@@ -61,7 +64,6 @@ def _run(args):
     flops = model_flops(model.config)
     cumulative = [f["cumulative_gflops"] for f in flops]
     rows = calibrate(calib_probs, calib_targets, val_probs, val_targets, cumulative)
-    out_dir = args.out or os.path.join(config.output_dir, "eval")
     per_exit, thresholds = write_report(out_dir, config.model, flops,
                                         search.anytime_accuracy(calib_probs, calib_targets),
                                         search.anytime_accuracy(val_probs, val_targets), rows, args.overwrite)

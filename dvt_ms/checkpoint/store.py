@@ -17,11 +17,14 @@ __all__ = ["NOT_SAVED", "atomic_save_checkpoint", "read_checkpoint", "check_shap
 NOT_SAVED = ("learning_rate",)
 
 
-def atomic_save_checkpoint(cell, path, append_dict=None):
-    """Save ``cell``'s parameters to ``path`` so that ``path`` is always either old or new, never partial."""
+def atomic_save_checkpoint(cell, path, append_dict=None, skip=()):
+    """Save ``cell``'s parameters (but those named in ``skip``) to ``path`` so that ``path`` is
+    always either old or new, never partial. A full disk raises ``DiskFullError``."""
+    left_out = set(NOT_SAVED) | set(skip)
+
     def write(temporary):
         ms.save_checkpoint(cell, temporary, append_dict=append_dict, crc_check=True,
-                           choice_func=lambda name: name not in NOT_SAVED)
+                           choice_func=lambda name: name not in left_out)
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
 

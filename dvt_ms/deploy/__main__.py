@@ -11,7 +11,7 @@ import time
 
 from .. import cli
 from ..errors import InferenceError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_output_file
 from .engine import EarlyExitEngine
 from .infer import collect_images, format_summary, labels_in_model_order, run_inference, write_results
 from .manifest import MANIFEST_NAME, load_manifest, load_thresholds, select_budget
@@ -32,6 +32,7 @@ def _exit_thresholds(args, manifest):
 
 
 def _run(args):
+    check_output_file(args.out, args.summary)
     manifest = load_manifest(args.model)
     exit_thresholds = _exit_thresholds(args, manifest)
     paths, labels, folder_names = collect_images(args.inputs)

@@ -31,10 +31,12 @@ def _run(args):
     from ..config import load_config, model_overrides
     from ..deploy.manifest import check_thresholds_fit, read_thresholds
     from ..device import use_device
+    from ..fileio import prepare_staged_directory
     from ..models import build_config, create_model
     from .writer import IMAGENET_MEAN, IMAGENET_STD, export_model
 
     config = load_config(args.config, cli.parse_overrides(args.overrides))
+    prepare_staged_directory(args.out, args.overwrite)
     thresholds = None
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
