@@ -17,7 +17,8 @@ import yaml
 from .errors import ConfigError
 from .models.presets import FIELD_TYPES, OVERRIDABLE_KEYS, PRESETS, build_config
 
-__all__ = ["Option", "SCHEMA", "TrainConfig", "load_config", "model_overrides", "schema_markdown"]
+__all__ = ["Option", "SCHEMA", "ALIASES", "TrainConfig", "load_config", "model_overrides", "schema_markdown",
+           "suggest_key"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +133,14 @@ SCHEMA = (
     Option("loss_scale_type", "str", "auto", "auto = dynamic for float16, none otherwise", "device",
            choices=("auto", "none", "fixed", "dynamic")),
     Option("loss_scale", "float", 65536.0, "(initial) loss scale", "device", minimum=1.0),
+    Option("data_sink", "bool", False, "Ascend/GPU: feed batches through the device's data queue "
+           "(mindspore.data_sink; ignored on CPU; not yet measured on a device)", "device"),
     Option("seed", "int", 0, "seed for weights, data order and augmentation", "device", minimum=0),
 
-    Option("output_dir", "str", "outputs/run", "checkpoints, resolved config and log.jsonl go here",
-           "checkpoints"),
+    Option("output_dir", "str", "outputs/run", "the run's folder: checkpoints, config.yaml, log.jsonl, run.json "
+           "(one run per folder)", "checkpoints"),
+    Option("overwrite", "bool", False, "a new run into an output_dir holding another run moves that run to "
+           "<output_dir>.old-<date>-<time> first (else it refuses to start)", "checkpoints"),
     Option("save_every_epochs", "int", 1, "checkpoint at the end of every N epochs (0 = never)",
            "checkpoints", minimum=0),
     Option("save_every_steps", "int", 0, "also checkpoint every N steps (0 = never)", "checkpoints", minimum=0),
@@ -229,9 +234,44 @@ def _validate_value(option, value):
     return value
 
 
+# Names other trainers (timm, mindcv, PyTorch scripts) use for our keys.
+ALIASES = {
+    "learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "optimizer": "opt", "num_epochs": "epochs",
+    "epoch_size": "epochs", "warmup": "warmup_epochs", "warmup_learning_rate": "warmup_lr",
+    "min_learning_rate": "min_lr", "eta_min": "min_lr", "bs": "batch_size", "batch": "batch_size",
+    "workers": "num_workers", "data_path": "data_dir", "data_root": "data_dir", "dataset_dir": "data_dir",
+    "out_dir": "output_dir", "ckpt_save_dir": "output_dir", "save_dir": "output_dir", "amp": "amp_level",
+    "device": "device_target", "model_name": "model", "arch": "model", "image_size": "img_size",
+    "smoothing": "label_smoothing", "clip_grad": "clip_grad_norm", "model_ema": "ema",
+    "model_ema_decay": "ema_decay", "reprob": "re_prob", "aa": "auto_augment", "checkpoint": "pretrained",
+    "ckpt_path": "pretrained", "resume_from": "resume", "log_interval": "log_every_steps",
+    "sink_mode": "data_sink", "dataset_sink_mode": "data_sink", "drop_path": "drop_path_rate",
+}
+
+
+def suggest_key(key):
+    """The valid key a mistyped or foreign ``key`` most likely means, or None.
+
+    Compares against the keys and the names other trainers use for them (``ALIASES``):
+    ``lerning_rate`` is close to ``learning_rate``, which is ``lr`` here. A close match to a
+    key or alias wins over a looser one."""
+    key = key.strip().lower().replace("-", "_")
+    if key in OPTIONS:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    candidates = {name: name for name in OPTIONS}
+    candidates.update(ALIASES)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
+    if close:
+        return candidates[close[0]]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return candidates[close[0]] if close else None
+
+
 def _unknown_key_message(key, source):
-    close = difflib.get_close_matches(key, OPTIONS, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else "; see `python -m dvt_ms.train --list_keys`"
+    close = suggest_key(key)
+    hint = f"; did you mean {close!r}?" if close else "; see `python -m dvt_ms.train --list_keys`"
     return f"{source}: unknown key {key!r}{hint}"
 
 
@@ -255,6 +295,9 @@ def _cross_checks(values):
     if policy is not None and not policy.startswith(("randaug", "autoaug", "3a", "trivialaugwide", "augmix")):
         errors.append(f"auto_augment {policy!r} is not a mindcv policy (randaug-..., autoaug, 3a, "
                       "trivialaugwide, augmix)")
+    if values["patch_grids"] is not None and PRESETS[values["model"]]["family"] != "deit":
+        errors.append(f"patch_grids is for deit models; the token grids of {values['model']} follow from img_size "
+                      "(set patch_grids: null)")
     try:
         build_config(values["model"], **model_overrides(values))
     except (ValueError, TypeError) as error:

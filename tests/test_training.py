@@ -290,5 +290,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_
     assert checkpoints and str(checkpoints[-1]) in message
     stopped_at = int(checkpoints[-1].stem.split("_")[1]) + 1
     assert f"global step {stopped_at}" in message
-    state = load_training_checkpoint(Trainer(config).train_step, str(checkpoints[-1]))
+    fresh = Trainer(tiny_config(image_folder, tmp_path / "fresh", lr=1e38, min_lr=0.0, epochs=2))
+    state = load_training_checkpoint(fresh.train_step, str(checkpoints[-1]))
     assert state.global_step == stopped_at - 1

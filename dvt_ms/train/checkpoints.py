@@ -49,8 +49,20 @@ class TrainingState:
         return cls(**values)
 
 
+def _step_of(path):
+    return int(_PERIODIC.match(os.path.basename(path)).group(1))
+
+
+def _transient_names(cell):
+    """Parameters a cell recomputes or resets on every start (the train step's monitor)."""
+    return getattr(cell, "transient_names", ())
+
+
 class CheckpointManager:
-    """``step_<global step>.ckpt`` every so often (the last ``keep`` kept) and ``best.ckpt``."""
+    """``step_<global step>.ckpt`` every so often (the last ``keep`` kept) and ``best.ckpt``.
+
+    The run folder belongs to one run (``run_folder``); still, rotation only ever removes
+    checkpoints of earlier steps than the one just saved, never a later one."""
 
     def __init__(self, directory, keep):
         self.directory = directory
@@ -70,15 +82,16 @@ class CheckpointManager:
 
     def save(self, train_step, state):
         path = os.path.join(self.directory, f"step_{state.global_step:08d}.ckpt")
-        atomic_save_checkpoint(train_step, path, state.to_append_dict())
-        for old in self.periodic_checkpoints()[:-self.keep]:
+        atomic_save_checkpoint(train_step, path, state.to_append_dict(), skip=_transient_names(train_step))
+        earlier = [old for old in self.periodic_checkpoints() if _step_of(old) < state.global_step]
+        for old in earlier[:max(len(earlier) - (self.keep - 1), 0)]:
             os.remove(old)
         _logger.info("saved %s", path)
         return path
 
     def save_best(self, train_step, state):
         path = os.path.join(self.directory, BEST_NAME)
-        atomic_save_checkpoint(train_step, path, state.to_append_dict())
+        atomic_save_checkpoint(train_step, path, state.to_append_dict(), skip=_transient_names(train_step))
         _logger.info("saved %s (last-exit top-1 %.2f%%)", path, state.best_top1)
         return path
 
@@ -87,7 +100,8 @@ def load_training_checkpoint(train_step, path):
     """Restore model, optimizer, EMA and loss scale into ``train_step``; return the ``TrainingState``."""
     params = read_checkpoint(path)
     state = TrainingState.pop_from(params, path)
-    expected = {param.name for param in train_step.get_parameters()} - set(NOT_SAVED)
+    not_saved = set(NOT_SAVED) | set(_transient_names(train_step))
+    expected = {param.name for param in train_step.get_parameters()} - not_saved
     missing = sorted(expected - set(params))
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} of this run's parameters (e.g. {missing[:3]}); "

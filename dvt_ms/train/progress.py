@@ -1,7 +1,10 @@
 """Training progress: log lines, a JSON-lines record beside the checkpoints, a terminal progress bar.
 
-Only rank 0 reports (``enabled=False`` elsewhere). Throughput counts the images of all ranks.
+Only rank 0 reports (``enabled=False`` elsewhere). Throughput counts the images of all ranks. The
+losses come from the device at the logging cadence: each log line gives their mean over the steps
+since the previous one.
 """
+import errno
 import json
 import logging
 import os
@@ -42,11 +45,18 @@ class Progress:
             self.jsonl = open(os.path.join(output_dir, "log.jsonl"), "a", buffering=1)
         self._window_start = time.perf_counter()
         self._window_steps = 0
-        self._skipped = 0
 
     def record(self, event, **fields):
-        if self.jsonl is not None:
+        if self.jsonl is None:
+            return
+        try:
             self.jsonl.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # The log is not worth stopping for; the next checkpoint will stop the run if the disk stays full.
+            _logger.warning("cannot write %s (%s); log records are dropped until there is space",
+                            self.jsonl.name, error.strerror)
 
     def start_epoch(self, epoch, num_epochs, start_step, steps_per_epoch):
         if self.show_bar:
@@ -55,30 +65,31 @@ class Progress:
         self._window_start = time.perf_counter()
         self._window_steps = 0
 
-    def step(self, state, num_epochs, losses, lr, applied):
-        """After every step: bar, and every ``log_every_steps`` a log line and a JSON record."""
+    def step(self):
+        """After every step: the bar (no device values are read per step)."""
         self._window_steps += 1
-        self._skipped += not applied
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{sum(losses):.4f}", lr=f"{lr:.2e}")
-        if state.global_step % self.log_every_steps:
-            return
+
+    def log(self, state, num_epochs, losses, lr, skipped, steps):
+        """Every ``log_every_steps``: a log line and a JSON record with the exits' mean losses over the
+        last ``steps`` steps, of which ``skipped`` did not update the weights."""
         elapsed = time.perf_counter() - self._window_start
-        seconds_per_step = elapsed / self._window_steps
+        seconds_per_step = elapsed / max(self._window_steps, 1)
         images_per_s = self.images_per_step / seconds_per_step
         eta = format_duration((self.total_steps - state.global_step) * seconds_per_step)
-        skipped = f" | skipped {self._skipped} (non-finite gradients)" if self._skipped else ""
+        skipped_text = f" | skipped {skipped} (non-finite gradients)" if skipped else ""
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{sum(losses):.4f}", lr=f"{lr:.2e}")
         if self.enabled:
             _logger.info("epoch %d/%d step %d/%d | loss %.4f (exits %s) | lr %.3e | %.1f img/s | ETA %s%s",
                          state.epoch + 1, num_epochs, state.step_in_epoch, state.steps_per_epoch, sum(losses),
-                         " ".join(f"{loss:.4f}" for loss in losses), lr, images_per_s, eta, skipped)
+                         " ".join(f"{loss:.4f}" for loss in losses), lr, images_per_s, eta, skipped_text)
         self.record("train", epoch=state.epoch, step_in_epoch=state.step_in_epoch,
                     global_step=state.global_step, loss=float(sum(losses)), exit_losses=[float(x) for x in losses],
-                    lr=lr, images_per_s=round(images_per_s, 2), skipped_steps=self._skipped)
+                    mean_of_steps=steps, lr=lr, images_per_s=round(images_per_s, 2), skipped_steps=skipped)
         self._window_start = time.perf_counter()
         self._window_steps = 0
-        self._skipped = 0
 
     def end_epoch(self):
         if self.bar is not None:

@@ -27,6 +27,7 @@ class Runtime:
     amp_level: str          # O0 (fp32) .. O3
     amp_dtype: object       # ms.float16 or ms.bfloat16 (unused at O0)
     loss_scale_type: str    # none | fixed | dynamic
+    data_sink: bool = False  # batches through the device's data queue (Ascend/GPU only)
 
     @property
     def is_main(self):
@@ -63,9 +64,14 @@ def setup_runtime(config):
     if loss_scale_type == "auto":
         # float16 gradients underflow without scaling; bfloat16 has float32's range.
         loss_scale_type = "dynamic" if amp_level != "O0" and amp_dtype == ms.float16 else "none"
-    runtime = Runtime(device, rank, world_size, amp_level, amp_dtype, loss_scale_type)
-    _logger.info("device %s, rank %d of %d, amp %s%s, loss scale %s", device, rank, world_size, amp_level,
-                 "" if amp_level == "O0" else f" ({amp_dtype})", loss_scale_type)
+    data_sink = config.data_sink
+    if data_sink and device == "CPU":
+        # mindspore.data_sink feeds a device queue that only Ascend and GPU have.
+        _logger.warning("data_sink: MindSpore sinks data to Ascend and GPU only; training on CPU without it")
+        data_sink = False
+    runtime = Runtime(device, rank, world_size, amp_level, amp_dtype, loss_scale_type, data_sink)
+    _logger.info("device %s, rank %d of %d, amp %s%s, loss scale %s%s", device, rank, world_size, amp_level,
+                 "" if amp_level == "O0" else f" ({amp_dtype})", loss_scale_type, ", data sink" if data_sink else "")
     return runtime
 
 

@@ -1,18 +1,23 @@
 """One optimisation step of a DVT cascade, compiled into a single graph.
 
 The training objective is the sum of the K exits' losses. The step returns every exit's loss
-(averaged over ranks under data parallel) so the loop can log them, and whether the update was
-applied (gradients finite).
+(averaged over ranks under data parallel) and whether the update was applied, as device tensors
+the loop does not read: what the loop needs is accumulated on the device (``StepMonitor``) and
+read back only at the logging cadence, so the host never waits for a step to finish.
 
 Order inside the step: forward and backward with the loss scale, gradient averaging across ranks
 (data parallel), unscaling, finite check and loss-scale update, clipping of the averaged
-gradients, optimizer update and EMA -- the last two only when the gradients are finite, so a
-non-finite step never reaches the weights.
+gradients, optimizer update and EMA -- the last two only when the gradients and the losses are
+finite and no earlier step of the window had a non-finite loss. So a non-finite step never
+reaches the weights, and after one the weights stay as they were until the loop stops the run.
 """
+import dataclasses
+
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-__all__ = ["ExitLosses", "TrainStep"]
+__all__ = ["ExitLosses", "MonitorReport", "TrainStep"]
 
 _unscale = ops.MultitypeFuncGraph("unscale")
 _ema_update = ops.MultitypeFuncGraph("ema_update")
@@ -45,18 +50,40 @@ class ExitLosses(nn.Cell):
         return ops.stack(losses)
 
 
+@dataclasses.dataclass
+class MonitorReport:
+    """What the device accumulated since the last reset (``TrainStep.read_monitor``)."""
+
+    steps: int                  # steps run
+    mean_losses: list           # per exit, over the steps with finite losses
+    skipped: int                # steps whose update was not applied
+    first_non_finite: int       # 1-based step (within the window) of the first non-finite loss; 0 = none
+    non_finite_losses: list     # that step's exit losses
+
+
 class TrainStep(nn.TrainOneStepCell):
     """``(images, labels) -> (exit losses, applied)``.
 
     ``loss_scale_type``: none, fixed (constant ``loss_scale``) or dynamic (start at ``loss_scale``,
     halve on overflow, double after 2000 clean steps). ``ema_decay`` None disables the EMA; its
     copies of the model's parameters are named ``ema.<name>``. The gradient reducer for data
-    parallel comes from ``nn.TrainOneStepCell``.
+    parallel comes from ``nn.TrainOneStepCell``. The ``monitor.*`` parameters accumulate, on the
+    device, the steps, losses, skipped updates and the first non-finite loss since
+    ``read_monitor(reset=True)``; they are not saved in checkpoints (``transient_names``).
     """
 
-    def __init__(self, exit_losses, optimizer, loss_scale_type="none", loss_scale=1.0,
+    def __init__(self, exit_losses, optimizer, num_exits, loss_scale_type="none", loss_scale=1.0,
                  clip_grad_norm=None, ema_decay=None):
         super().__init__(exit_losses, optimizer)
+        self.monitor_steps = Parameter(Tensor(0, ms.int32), name="monitor.steps", requires_grad=False)
+        self.monitor_loss_sum = Parameter(Tensor(np.zeros(num_exits, np.float32)), name="monitor.loss_sum",
+                                          requires_grad=False)
+        self.monitor_skipped = Parameter(Tensor(0, ms.int32), name="monitor.skipped", requires_grad=False)
+        self.monitor_first_bad = Parameter(Tensor(0, ms.int32), name="monitor.first_non_finite",
+                                           requires_grad=False)
+        self.monitor_bad_losses = Parameter(Tensor(np.zeros(num_exits, np.float32)),
+                                            name="monitor.non_finite_losses", requires_grad=False)
+        self.transient_names = tuple(param.name for param in self._monitor_params())
         initial_scale = 1.0 if loss_scale_type == "none" else float(loss_scale)
         self.loss_scale = Parameter(Tensor(initial_scale, ms.float32), name="loss_scale", requires_grad=False)
         self.scale_update = (nn.DynamicLossScaleUpdateCell(initial_scale, scale_factor=2, scale_window=2000)
@@ -71,8 +98,30 @@ class TrainStep(nn.TrainOneStepCell):
         if self.reducer_flag:  # data parallel (set up by nn.TrainOneStepCell)
             self.loss_all_reduce = ops.AllReduce()
 
+    def _monitor_params(self):
+        return (self.monitor_steps, self.monitor_loss_sum, self.monitor_skipped, self.monitor_first_bad,
+                self.monitor_bad_losses)
+
+    def read_monitor(self, reset):
+        """The device's accumulated ``MonitorReport`` (one device-to-host copy per value);
+        ``reset`` starts a new window."""
+        values = [param.asnumpy() for param in self._monitor_params()]
+        steps, loss_sum, skipped, first_bad, bad_losses = values
+        finite_steps = max(int(steps) - (1 if first_bad else 0), 1)
+        report = MonitorReport(int(steps), (loss_sum / finite_steps).tolist(), int(skipped), int(first_bad),
+                               bad_losses.tolist())
+        if reset:
+            for param, value in zip(self._monitor_params(), values):
+                param.set_data(Tensor(np.zeros_like(value)))
+        return report
+
     def construct(self, images, labels):
         losses = self.network(images, labels)
+        if self.reducer_flag:
+            # Every rank decides (and reports) on the mean over all ranks: all stop on a NaN together.
+            mean_losses = self.loss_all_reduce(losses) / self.degree
+        else:
+            mean_losses = losses
         scale = self.loss_scale
         sens = ops.ones_like(losses) * ops.cast(scale, losses.dtype)  # d(scale * sum of exit losses)
         grads = self.grad(self.network, self.weights)(images, labels, sens)
@@ -84,12 +133,24 @@ class TrainStep(nn.TrainOneStepCell):
             self.scale_update(scale, ops.logical_not(finite))
         if self.clip_grad_norm is not None:
             grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
-        if finite:
-            losses = ops.depend(losses, self.optimizer(grads))
+        losses_finite = ops.isfinite(mean_losses).all()
+        halted = self.monitor_first_bad > 0
+        apply = ops.logical_and(ops.logical_and(finite, losses_finite), ops.logical_not(halted))
+        if apply:
+            mean_losses = ops.depend(mean_losses, self.optimizer(grads))
             if self.use_ema:
-                losses = ops.depend(losses, self.hyper_map(ops.partial(_ema_update, self.ema_decay),
-                                                           self.ema_params, self.model_params))
-        if self.reducer_flag:
-            # Every rank reports (and acts on) the mean over all ranks, e.g. all stop on a NaN together.
-            losses = self.loss_all_reduce(losses) / self.degree
-        return losses, finite
+                mean_losses = ops.depend(mean_losses, self.hyper_map(ops.partial(_ema_update, self.ema_decay),
+                                                                     self.ema_params, self.model_params))
+        self._monitor(mean_losses, losses_finite, apply, halted)
+        return mean_losses, apply
+
+    def _monitor(self, losses, losses_finite, applied, halted):
+        """Accumulate on the device what the loop reads at its logging cadence."""
+        steps = self.monitor_steps + 1
+        newly_bad = ops.logical_and(ops.logical_not(losses_finite), ops.logical_not(halted))
+        ops.assign(self.monitor_steps, steps)
+        ops.assign(self.monitor_loss_sum,
+                   self.monitor_loss_sum + ops.where(losses_finite, losses, ops.zeros_like(losses)))
+        ops.assign(self.monitor_skipped, self.monitor_skipped + 1 - applied.astype(ms.int32))
+        ops.assign(self.monitor_first_bad, ops.where(newly_bad, steps, self.monitor_first_bad))
+        ops.assign(self.monitor_bad_losses, ops.where(newly_bad, losses, self.monitor_bad_losses))

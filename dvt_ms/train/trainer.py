@@ -5,14 +5,20 @@ smoothing / soft mixup targets), mindcv AdamW, warm-up + cosine schedule with co
 ``create_scheduler``), optional EMA and gradient clipping, mixed precision per device. The step is
 one compiled graph (``TrainStep``); under msrun every rank trains on its shard and gradients are
 averaged across ranks.
+
+The host never waits for a step: losses, skipped updates and non-finite losses accumulate on the
+device and are read at the logging cadence and before every save (a non-finite loss freezes the
+weights on the device, so the run stops no later than the next log line or save, and no
+checkpoint is ever written after one). On Ascend/GPU, ``data_sink`` feeds the batches through
+the device's data queue. Before anything is built, the run folder (``run_folder``), the step's
+memory (``memory``) and the output path are checked; SIGINT/SIGTERM stop gracefully with a
+checkpoint (``interrupts``); a full disk stops with the last checkpoint intact.
 """
 import logging
-import os
 
 import mindspore as ms
 import mindspore.dataset as ds
 import numpy as np
-import yaml
 from mindcv.loss import create_loss
 from mindcv.optim import create_optimizer
 from mindcv.scheduler import create_scheduler
@@ -20,15 +26,18 @@ from mindcv.scheduler import create_scheduler
 from ..checkpoint.weights import load_pretrained
 from ..config import model_overrides
 from ..data import epoch_indices, make_loader, open_dataset
-from ..errors import CheckpointError, DataError, DVTError
-from ..models import create_model
+from ..errors import CheckpointError, DataError, DiskFullError, DVTError, OutputPathError
+from ..models import build_config, create_model
 from .checkpoints import CheckpointManager, TrainingState, load_training_checkpoint
+from .interrupts import StopSignals, TrainingInterrupted
+from .memory import check_training_memory
 from .progress import Progress
-from .runtime import gather_from_ranks, setup_runtime
+from .run_folder import inspect_run_folder
+from .runtime import gather_from_ranks, setup_runtime, sum_over_ranks
 from .step import ExitLosses, TrainStep
 from .validation import ExitHits, evaluate
 
-__all__ = ["NonFiniteLossError", "Trainer", "train"]
+__all__ = ["NonFiniteLossError", "TrainingInterrupted", "Trainer", "train"]
 
 _logger = logging.getLogger("dvt_ms.train")
 
@@ -53,23 +62,20 @@ def _learning_rates(config, steps_per_epoch):
         decay_epochs=config.epochs - config.warmup_epochs, num_epochs=config.epochs + config.cooldown_epochs)
 
 
-def _save_resolved_config(config, output_dir):
-    values = {key: list(value) if isinstance(value, tuple) else value for key, value in config.as_dict().items()}
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(values, f, sort_keys=False)
-
-
 class Trainer:
     """Everything one run needs, built and checked on construction; ``fit()`` trains.
 
-    Whatever can be wrong with the data (missing folders, empty classes, class-count mismatch,
-    too few images) raises ``DataError`` here, before any compilation or training.
+    What can be known wrong raises a ``DVTError`` here, before any compilation or training and
+    without writing anything: a step that cannot fit in memory, an output_dir that cannot be
+    written or holds another run (``OutputPathError``), data problems (missing folders, empty
+    classes, class-count mismatch, too few images: ``DataError``).
     """
 
     def __init__(self, config):
         self.config = config
         self.runtime = runtime = setup_runtime(config)
+        check_training_memory(build_config(config.model, **model_overrides(config)), config.batch_size, runtime)
+        self.run_folder = inspect_run_folder(config.output_dir, config.resume, config.overwrite)
 
         self.train_data = open_dataset(config, config.train_split, config.num_workers)
         self.val_data = open_dataset(config, config.val_split, config.num_workers) if config.val_every_epochs else None
@@ -96,25 +102,25 @@ class Trainer:
         exit_losses = ExitLosses(self.network, create_loss("CE", label_smoothing=config.label_smoothing))
         optimizer = create_optimizer(self.model, config.opt, lr=self.learning_rates,
                                      weight_decay=config.weight_decay, weight_decay_filter=config.weight_decay_filter)
-        self.train_step = TrainStep(exit_losses, optimizer, runtime.loss_scale_type, config.loss_scale,
-                                    config.clip_grad_norm, config.ema_decay if config.ema else None)
+        self.train_step = TrainStep(exit_losses, optimizer, self.arch.num_exits, runtime.loss_scale_type,
+                                    config.loss_scale, config.clip_grad_norm, config.ema_decay if config.ema else None)
         self.exit_hits = ExitHits(self.network, self.arch.num_exits, top_k=min(5, self.arch.num_classes))
 
         self.checkpoints = CheckpointManager(config.output_dir, config.keep_checkpoints)
         self.state = TrainingState(steps_per_epoch=self.steps_per_epoch)
         self.resumed_from = self._resume() if config.resume else None
         self._saved_step = self.state.global_step if self.resumed_from else None
+        self._window_start = self.state.global_step   # the device monitor counts steps from here
         self.total_steps = self.num_epochs * self.steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
+        self.stop = StopSignals()
 
     def _resume(self):
-        path = self.config.resume
-        if path == "auto":
-            path = self.checkpoints.latest()
-            if path is None:
-                _logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoints.directory)
-                return None
+        path = self.run_folder.resume_path
+        if path is None:
+            _logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoints.directory)
+            return None
         state = load_training_checkpoint(self.train_step, path)
         if state.steps_per_epoch != self.steps_per_epoch:
             raise CheckpointError(
@@ -125,44 +131,126 @@ class Trainer:
                      state.step_in_epoch, self.steps_per_epoch, state.global_step)
         return path
 
+    def _agree(self, flag):
+        """True on every rank if ``flag`` is true on any (a collective under data parallel)."""
+        if not self.runtime.distributed:
+            return bool(flag)
+        return bool(sum_over_ranks([1.0 if flag else 0.0])[0] > 0)
+
+    def _claim_run_folder(self):
+        """Rank 0 takes the run folder once every rank has inspected it; all ranks stop on a refusal."""
+        config, state = self.config, self.state
+        self._agree(False)   # every rank has inspected the folder before rank 0 changes it
+        error = None
+        if self.runtime.is_main:
+            try:
+                self.run_id = self.run_folder.claim(config.as_dict(), {
+                    "resumed_from": self.resumed_from, "global_step": state.global_step,
+                    "world_size": self.runtime.world_size})
+            except DVTError as raised:
+                error = raised
+        if self._agree(error is not None):
+            raise error or OutputPathError(f"rank 0 could not start the run in {config.output_dir} (see its log)")
+
     def fit(self):
-        """Train to the end (or ``max_steps``); returns a summary dict."""
+        """Train to the end (or ``max_steps``); returns a summary dict.
+
+        Raises ``NonFiniteLossError`` on a non-finite loss, ``TrainingInterrupted`` after a
+        graceful stop on SIGINT/SIGTERM, ``DiskFullError`` when a checkpoint does not fit."""
         config, runtime, state = self.config, self.runtime, self.state
-        if runtime.is_main:
-            _save_resolved_config(config, config.output_dir)
+        self.run_id = None
+        self._claim_run_folder()
         self.progress = Progress(config.output_dir, self.total_steps, config.batch_size * runtime.world_size,
                                  config.log_every_steps, config.progress_bar, enabled=runtime.is_main)
-        self.progress.record("start", resumed_from=self.resumed_from, global_step=state.global_step,
-                             steps_per_epoch=self.steps_per_epoch, world_size=runtime.world_size,
-                             device=runtime.device_target, amp_level=runtime.amp_level)
+        self.progress.record("start", run_id=self.run_id, resumed_from=self.resumed_from,
+                             global_step=state.global_step, steps_per_epoch=self.steps_per_epoch,
+                             world_size=runtime.world_size, device=runtime.device_target, amp_level=runtime.amp_level,
+                             data_sink=runtime.data_sink)
         _logger.info("%s: %d images, %d classes, %d steps per epoch of %d x %d images, %d epochs",
                      self.train_data.name, self.train_data.num_samples, self.arch.num_classes,
                      self.steps_per_epoch, runtime.world_size, config.batch_size, self.num_epochs)
         last_validation = None
         try:
-            while state.epoch < self.num_epochs and state.global_step < self.total_steps:
-                if state.step_in_epoch < self.steps_per_epoch:  # else resumed from the epoch's last step
-                    self._train_epoch()
-                if state.step_in_epoch < self.steps_per_epoch:
-                    break  # stopped by max_steps mid-epoch
-                state.epoch += 1
-                state.step_in_epoch = 0
-                if self.val_data is not None and (state.epoch % config.val_every_epochs == 0
-                                                  or state.epoch == self.num_epochs):
-                    last_validation = self._validate()
-                    if last_validation["top1"][-1] > state.best_top1:
-                        state.best_top1 = last_validation["top1"][-1]
-                        self._save(best=True)
-                if config.save_every_epochs and state.epoch % config.save_every_epochs == 0:
-                    self._save()
-            if self._saved_step != state.global_step:
-                self._save()  # the final state is always on disk
+            with self.stop:
+                while state.epoch < self.num_epochs and state.global_step < self.total_steps:
+                    if state.step_in_epoch < self.steps_per_epoch:  # else resumed from the epoch's last step
+                        self._train_epoch()
+                    self._check_finite()
+                    if state.step_in_epoch < self.steps_per_epoch:
+                        break  # stopped by max_steps or a signal mid-epoch
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                    if self.val_data is not None and (state.epoch % config.val_every_epochs == 0
+                                                      or state.epoch == self.num_epochs):
+                        last_validation = self._validate()
+                        if last_validation["top1"][-1] > state.best_top1:
+                            state.best_top1 = last_validation["top1"][-1]
+                            self._save(best=True)
+                    if config.save_every_epochs and state.epoch % config.save_every_epochs == 0:
+                        self._save()
+                    if self._stop_agreed():
+                        break
+                self._check_finite()
+                if self._saved_step != state.global_step:
+                    self._save()  # the final state is always on disk
+                if state.global_step < self.total_steps and self._stop_agreed():
+                    self._stopped()
         finally:
             self.progress.close()
+            self.run_folder.release()
         best = f"best last-exit top-1 {state.best_top1:.2f}%" if state.best_top1 >= 0 else "not validated"
         _logger.info("done: global step %d, %s", state.global_step, best)
         return {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
                 "best_top1": state.best_top1, "validation": last_validation}
+
+    def _stop_agreed(self):
+        """Whether a SIGINT/SIGTERM asks to stop, decided alike on every rank. Under data parallel
+        the ranks agree at the logging cadence and epoch ends (``_train_epoch``); a rank that has the
+        signal tells the others there."""
+        self._stop_decided = getattr(self, "_stop_decided", False) or self._agree(self.stop.requested)
+        return self._stop_decided
+
+    def _stopped(self):
+        state = self.state
+        latest = self.checkpoints.latest()
+        raise TrainingInterrupted(
+            f"{self.stop.signal_name or 'a signal on another rank'} at epoch {state.epoch + 1}, step "
+            f"{state.step_in_epoch} of {self.steps_per_epoch} (global step {state.global_step}); saved {latest}. "
+            f"Continue this run with the same command and resume=auto (output_dir {self.config.output_dir})",
+            self.stop.requested or 15)
+
+    def _check_finite(self, report=None):
+        """Stop with ``NonFiniteLossError`` if the device saw a non-finite loss since the last log line."""
+        if report is None:
+            report = self.train_step.read_monitor(reset=False)
+        if not report.first_non_finite:
+            return
+        bad_step = self._window_start + report.first_non_finite
+        epoch, step_in_epoch = divmod(bad_step - 1, self.steps_per_epoch)
+        last_good = self.checkpoints.latest() or "none (no checkpoint was written yet)"
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1} (global step {bad_step}): exit losses "
+            f"{report.non_finite_losses}. Training stopped; the weights were not updated by this step or after "
+            f"it. Last good checkpoint: {last_good}. Try a lower lr or set clip_grad_norm.")
+
+    def _log(self):
+        report = self.train_step.read_monitor(reset=True)
+        self._check_finite(report)
+        self._window_start = self.state.global_step
+        lr = self.learning_rates[min(self.state.global_step - 1, len(self.learning_rates) - 1)]
+        self.progress.log(self.state, self.num_epochs, report.mean_losses, lr, report.skipped, report.steps)
+
+    def _run_steps(self, loader, num_steps):
+        """Run the train step on every batch of ``loader``; yields after each step is launched."""
+        if self.runtime.data_sink:
+            sink_step = ms.data_sink(self.train_step, loader)   # batches through the device's data queue
+            for _ in range(num_steps):
+                sink_step()
+                yield
+        else:
+            for images, labels in loader.create_tuple_iterator(num_epochs=1):
+                self.train_step(images, labels)
+                yield
 
     def _train_epoch(self):
         config, runtime, state = self.config, self.runtime, self.state
@@ -170,7 +258,8 @@ class Trainer:
         # Same order on every rank (seeded by epoch), each rank its own slice; consumed batches left out.
         indices = epoch_indices(self.train_data.num_samples, state.epoch, config.seed, runtime.rank,
                                 runtime.world_size, shuffle=True)
-        indices = indices[state.step_in_epoch * batch_size:self.steps_per_epoch * batch_size]
+        end = min(self.steps_per_epoch, state.step_in_epoch + self.total_steps - state.global_step)
+        indices = indices[state.step_in_epoch * batch_size:end * batch_size]
         # Augmentation (MindSpore ops) and mixup (numpy) randomness: reproducible, different per epoch and rank.
         augmentation_seed = int(np.random.SeedSequence([config.seed, state.epoch, runtime.rank]).generate_state(1)[0])
         ds.config.set_seed(augmentation_seed)
@@ -179,38 +268,39 @@ class Trainer:
                              is_training=True, num_workers=config.num_workers)
         self.train_step.set_train(True)
         self.progress.start_epoch(state.epoch, self.num_epochs, state.step_in_epoch, self.steps_per_epoch)
-        for images, labels in loader.create_tuple_iterator(num_epochs=1):
-            losses, applied = self.train_step(images, labels)
-            losses = losses.asnumpy()
-            if not np.isfinite(losses).all():
-                last_good = self.checkpoints.latest() or "none (no checkpoint was written yet)"
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {state.epoch + 1}, step {state.step_in_epoch + 1} (global step "
-                    f"{state.global_step + 1}): exit losses {losses.tolist()}. Training stopped; this step did "
-                    f"not update the weights. Last good checkpoint: {last_good}. Try a lower lr or set "
-                    "clip_grad_norm.")
-            lr = self.learning_rates[min(state.global_step, len(self.learning_rates) - 1)]
+        for _ in self._run_steps(loader, end - state.step_in_epoch):
             state.step_in_epoch += 1
             state.global_step += 1
-            self.progress.step(state, self.num_epochs, losses.tolist(), lr, bool(applied.asnumpy()))
+            self.progress.step()
+            at_log = state.global_step % config.log_every_steps == 0
+            if at_log:
+                self._log()
             if config.save_every_steps and state.global_step % config.save_every_steps == 0:
                 self._save()
-            if state.global_step >= self.total_steps:
+            # One process stops at once; data-parallel ranks agree where they synchronise anyway.
+            if (at_log or not runtime.distributed) and self._stop_agreed():
                 break
         self.progress.end_epoch()
 
     def _save(self, best=False):
-        """Rank 0 writes; under data parallel every rank first confirms the weights agree."""
+        """Rank 0 writes; under data parallel every rank first confirms the weights agree. Never
+        after a non-finite loss; a full disk stops the run with the previous checkpoint intact."""
+        self._check_finite()
         if self.runtime.distributed and not best:
             self._check_ranks_agree()
         if not best:
             self._saved_step = self.state.global_step  # decided alike on every rank (collectives above)
         if not self.runtime.is_main:
             return
-        if best:
-            self.checkpoints.save_best(self.train_step, self.state)
-        else:
-            self.checkpoints.save(self.train_step, self.state)
+        try:
+            if best:
+                self.checkpoints.save_best(self.train_step, self.state)
+            else:
+                self.checkpoints.save(self.train_step, self.state)
+        except DiskFullError as error:
+            last = self.checkpoints.latest() or "none yet"
+            raise DiskFullError(f"{error}. Training stopped at global step {self.state.global_step}; the last "
+                                f"checkpoint is {last}: continue with resume=auto once there is space") from None
 
     def _check_ranks_agree(self):
         """Compare per-parameter (sum, sum of squares) of every parameter, trained or fixed (the

@@ -1,0 +1,194 @@
+"""A run folder belongs to one training run: a new run never overwrites, deletes or mixes with another.
+
+``output_dir`` holds one run: its checkpoints (``step_*.ckpt``, ``best.ckpt``), ``config.yaml``,
+``log.jsonl`` and ``run.json`` (the run's id, when it was created and every start since).
+
+- A fresh run (no ``resume``) into a folder holding a run refuses to start and names the choices:
+  ``resume=auto`` continues that run, another ``output_dir`` keeps both, ``overwrite=true`` moves
+  the old run aside to ``<output_dir>.old-<time>`` first (nothing is ever deleted).
+- ``resume=auto`` continues from the folder's newest ``step_*.ckpt``; with none it starts fresh
+  (a run stopped before its first checkpoint), unless a ``best.ckpt`` would be overwritten.
+- ``resume=PATH`` inside the folder must be its newest checkpoint (continuing an older one would
+  overwrite the later ones); from elsewhere it starts this folder, which must not hold a run.
+- While it trains, a run holds a lock on its folder, so a second run cannot start in it.
+
+``inspect_run_folder`` decides, reading only (every rank, before any data or model work);
+``RunFolder.claim`` acts, on rank 0 when training starts: lock, move an old run aside, remove
+temporaries that killed writers left, write ``run.json`` and ``config.yaml``.
+"""
+import dataclasses
+import datetime
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import uuid
+from typing import Optional
+
+import yaml
+
+from ..errors import OutputPathError
+from ..fileio import atomic_write_text, check_output_dir, remove_stale_temporaries
+from .checkpoints import BEST_NAME, CheckpointManager
+
+__all__ = ["RUN_FILE_NAMES", "RunFolder", "inspect_run_folder"]
+
+_logger = logging.getLogger(__name__)
+
+RUN_NAME = "run.json"
+CONFIG_NAME = "config.yaml"
+LOG_NAME = "log.jsonl"
+RUN_FILE_NAMES = (BEST_NAME, CONFIG_NAME, LOG_NAME, RUN_NAME)   # besides step_*.ckpt
+_LOCK_NAME = ".dvt-run.lock"
+
+
+def _now():
+    return datetime.datetime.now().astimezone()
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """What starting a run in ``path`` means (decided by ``inspect_run_folder``)."""
+
+    path: str
+    resume_path: Optional[str]   # checkpoint to continue from; None = start fresh
+    move_aside: bool             # the folder's old run goes to <path>.old-<time> first
+    contents: tuple              # run files found there (checkpoints first)
+    resume: Optional[str] = None
+    overwrite: bool = False
+    _lock_fd: Optional[int] = None
+
+    def _same_decision(self, other):
+        return (self.resume_path, self.move_aside, self.contents) == \
+            (other.resume_path, other.move_aside, other.contents)
+
+    def claim(self, config_values, start_record):
+        """Rank 0, as training starts: lock the folder, check nothing changed since the inspection,
+        move an old run aside, remove stale temporaries, record the start in run.json and write
+        config.yaml. Returns the run id."""
+        if os.path.isdir(self.path):
+            self._lock()
+            now = inspect_run_folder(self.path, self.resume, self.overwrite)
+            if not self._same_decision(now):
+                self.release()
+                raise OutputPathError(f"{self.path} changed while this run was starting (another run wrote "
+                                      "to it); start again")
+        if self.move_aside:
+            self.release()
+            aside = _aside_name(self.path)
+            os.replace(self.path, aside)
+            _logger.warning("moved the previous run in %s to %s (overwrite=true)", self.path, aside)
+        os.makedirs(self.path, exist_ok=True)
+        if self._lock_fd is None:
+            self._lock()
+        remove_stale_temporaries(self.path)
+        run_id = self._record_start(start_record)
+        values = {key: list(value) if isinstance(value, tuple) else value for key, value in config_values.items()}
+        atomic_write_text(os.path.join(self.path, CONFIG_NAME), yaml.safe_dump(values, sort_keys=False))
+        return run_id
+
+    def _record_start(self, start_record):
+        path = os.path.join(self.path, RUN_NAME)
+        record = None
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    record = json.load(handle)
+            except (OSError, ValueError):
+                _logger.warning("%s is unreadable; recording this run anew", path)
+        if not isinstance(record, dict) or "run_id" not in record:
+            record = {"run_id": uuid.uuid4().hex[:12], "created": _now().isoformat(timespec="seconds"), "starts": []}
+        record.setdefault("starts", []).append({"time": _now().isoformat(timespec="seconds"),
+                                                "host": socket.gethostname(), **start_record})
+        atomic_write_text(path, json.dumps(record, indent=1))
+        return record["run_id"]
+
+    def _lock(self):
+        lock_path = os.path.join(self.path, _LOCK_NAME)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise OutputPathError(f"{self.path} is in use by another training run ({owner}); wait for it to "
+                                  "end or choose another output_dir") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+            _logger.warning("cannot lock %s (%s): make sure no other run uses this folder", self.path,
+                            error.strerror)
+            os.close(fd)
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {_now():%Y-%m-%d %H:%M}\n".encode())
+        self._lock_fd = fd
+
+    def release(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)   # closing drops the lock
+            self._lock_fd = None
+
+
+def _aside_name(path):
+    base = f"{os.path.abspath(path).rstrip(os.sep)}.old-{_now():%Y%m%d-%H%M%S}"
+    candidate, index = base, 1
+    while os.path.lexists(candidate):
+        index += 1
+        candidate = f"{base}-{index}"
+    return candidate
+
+
+def _run_contents(path):
+    """The run files in ``path``: periodic checkpoints (oldest first), then the other run files."""
+    checkpoints = CheckpointManager(path, keep=1).periodic_checkpoints()
+    others = [name for name in RUN_FILE_NAMES if os.path.isfile(os.path.join(path, name))]
+    return tuple(os.path.basename(p) for p in checkpoints) + tuple(others), checkpoints
+
+
+def _describe(contents):
+    checkpoints = [name for name in contents if name.startswith("step_")]
+    parts = []
+    if checkpoints:
+        more = f" and {len(checkpoints) - 1} earlier checkpoint(s)" if len(checkpoints) > 1 else ""
+        parts.append(checkpoints[-1] + more)
+    parts += [name for name in contents if not name.startswith("step_")]
+    return ", ".join(parts)
+
+
+def _choices(path):
+    return (f"continue that run with resume=auto, start this one in another output_dir, or pass overwrite=true "
+            f"to move the old run to {os.path.abspath(path).rstrip(os.sep)}.old-<date>-<time> first")
+
+
+def inspect_run_folder(path, resume, overwrite):
+    """Decide what starting in ``path`` means, or raise ``OutputPathError`` saying why not and what
+    to do instead. Reads only."""
+    check_output_dir(path)
+    contents, checkpoints = _run_contents(path) if os.path.isdir(path) else ((), [])
+    folder = dict(path=path, contents=contents, resume=resume, overwrite=bool(overwrite))
+    if resume == "auto":
+        if checkpoints:
+            return RunFolder(resume_path=checkpoints[-1], move_aside=False, **folder)
+        if BEST_NAME in contents and not overwrite:
+            raise OutputPathError(f"resume=auto: {path} has {BEST_NAME} but no step_*.ckpt to continue from, and "
+                                  f"a fresh run would overwrite {BEST_NAME}; start in another output_dir, or pass "
+                                  f"overwrite=true to move the old run to {path}.old-<date>-<time> first")
+        # A run stopped before its first checkpoint: start it again here (the log continues).
+        return RunFolder(resume_path=None, move_aside=BEST_NAME in contents, **folder)
+    if resume is not None:
+        inside = os.path.dirname(os.path.abspath(resume)) == os.path.abspath(path)
+        if inside:
+            if checkpoints and os.path.abspath(checkpoints[-1]) != os.path.abspath(resume):
+                raise OutputPathError(
+                    f"resume={resume}: {path} has later checkpoints ({os.path.basename(checkpoints[-1])}) that "
+                    f"continuing from {os.path.basename(resume)} here would overwrite; continue the newest with "
+                    "resume=auto, or continue this one into another output_dir")
+            return RunFolder(resume_path=resume, move_aside=False, **folder)
+    if contents and not overwrite:
+        raise OutputPathError(f"output_dir {path} holds another run ({_describe(contents)}); a new run would "
+                              f"overwrite or mix with it: {_choices(path)}")
+    return RunFolder(resume_path=resume, move_aside=bool(contents), **folder)
