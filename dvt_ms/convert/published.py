@@ -13,12 +13,12 @@ import re
 import numpy as np
 
 from ..errors import CheckpointFormatError, ConversionError
-from ..fileio import atomic_write, atomic_write_text
-from ..models.presets import build_config
+from ..fileio import atomic_write, atomic_write_text, check_output_file
+from ..models.presets import PRESETS, build_config
 from .torch_pickle import load_torch_checkpoint
 
 __all__ = ["PUBLISHED_STAGE_PREFIXES", "torch_to_mindspore_name", "convert_state_dict",
-           "convert_checkpoint", "published_results_path"]
+           "convert_checkpoint", "published_results_path", "guess_published_model"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,6 +38,32 @@ _RENAMES = (
     (r"^relation_reuse_conv\.0\.", "relation_reuse.expand."),
     (r"^relation_reuse_conv\.2\.", "relation_reuse.reduce."),
 )
+
+
+# A key part only one family's published checkpoints have.
+_FAMILY_MARKERS = (("t2t", ".tokens_to_token."), ("deit", ".patch_embed."))
+_LISTED_KEYS = 5   # keys named per kind of problem; the rest are counted
+
+
+def guess_published_model(torch_state):
+    """(family, preset name or None) a published state dict looks like, from its key names (the
+    tokenizer) and the last exit's width and depth; (None, None) if it looks like neither family."""
+    keys = [f".{key}" for key in torch_state]
+    family = next((name for name, marker in _FAMILY_MARKERS if any(marker in key for key in keys)), None)
+    if family is None:
+        return None, None
+    last = PUBLISHED_STAGE_PREFIXES[-1]
+    cls_token = torch_state.get(f"{last}.cls_token")
+    width = int(np.shape(cls_token)[-1]) if cls_token is not None else None
+    depth = len({key.split(".")[2] for key in torch_state if key.startswith(f"{last}.blocks.")})
+    presets = [name for name, preset in sorted(PRESETS.items())
+               if preset["family"] == family and (preset["embed_dim"], preset["depth"]) == (width, depth)]
+    return family, (presets[0] if presets else None)
+
+
+def _listed(keys, separator=", "):
+    shown = separator.join(keys[:_LISTED_KEYS])
+    return f"{shown} and {len(keys) - _LISTED_KEYS} more" if len(keys) > _LISTED_KEYS else shown
 
 
 def torch_to_mindspore_name(torch_key, mindspore_names):
@@ -64,7 +90,8 @@ def torch_to_mindspore_name(torch_key, mindspore_names):
 def convert_state_dict(torch_state, model_shapes, source="checkpoint"):
     """Map a published state dict onto ``model_shapes`` ({our name: shape}); returns {our name: array}.
 
-    Raises ConversionError listing every missing, unexpected or wrongly shaped key."""
+    Raises ConversionError naming the missing, unexpected and wrongly shaped keys (the first few of
+    each with a count; all of them in its ``mismatches`` attribute)."""
     converted, unexpected, mis_shaped = {}, [], {}
     for torch_key, value in torch_state.items():
         name = torch_to_mindspore_name(torch_key, model_shapes)
@@ -79,14 +106,20 @@ def convert_state_dict(torch_state, model_shapes, source="checkpoint"):
     missing = sorted(set(model_shapes) - set(converted) - set(mis_shaped))
     problems = []
     if missing:
-        problems.append("missing keys (model parameters with no checkpoint entry): " + ", ".join(missing))
+        problems.append(f"{len(missing)} missing keys (model parameters with no checkpoint entry): {_listed(missing)}")
     if unexpected:
-        problems.append("unexpected keys (not in the model): " + ", ".join(unexpected))
+        problems.append(f"{len(unexpected)} unexpected keys (not in the model): {_listed(unexpected)}")
     if mis_shaped:
-        problems.append("wrongly shaped keys: " + "; ".join(mis_shaped.values()))
+        problems.append(f"{len(mis_shaped)} wrongly shaped keys: " + _listed(list(mis_shaped.values()), "; "))
     if problems:
-        raise ConversionError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
+        error = ConversionError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
+        error.mismatches = {"missing": missing, "unexpected": unexpected, "wrongly_shaped": list(mis_shaped.values())}
+        raise error
     return converted
+
+
+def _family_presets(family):
+    return [name for name, preset in sorted(PRESETS.items()) if preset["family"] == family]
 
 
 def model_parameter_shapes(model):
@@ -121,12 +154,26 @@ def convert_checkpoint(src, dst, model_name, overrides=None):
     overrides = dict(overrides or {})
     if not str(dst).endswith(".ckpt"):
         raise ConversionError(f"destination must end in .ckpt, got {dst}")
+    check_output_file(dst, published_results_path(dst))
     checkpoint = load_torch_checkpoint(src)
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointFormatError(f"{src}: not a published DVT checkpoint (no 'model_state_dict'; found {found})")
-    model = DVT(build_config(model_name, **overrides))
-    arrays = convert_state_dict(checkpoint["model_state_dict"], model_parameter_shapes(model), source=str(src))
+    config = build_config(model_name, **overrides)
+    state = checkpoint["model_state_dict"]
+    family, preset = guess_published_model(state)
+    if family is not None and family != config.family:
+        raise ConversionError(f"{src} looks like a DVT {family} checkpoint, not a {config.family} one like "
+                              f"{model_name}: try --model {preset or ' / '.join(_family_presets(family))}")
+    model = DVT(config)
+    try:
+        arrays = convert_state_dict(state, model_parameter_shapes(model), source=str(src))
+    except ConversionError as error:
+        if preset is not None and preset != model_name and not overrides:
+            raise ConversionError(f"{src} looks like a {preset} checkpoint (width "
+                                  f"{PRESETS[preset]['embed_dim']}, {PRESETS[preset]['depth']} blocks per exit): try "
+                                  f"--model {preset}\n{error}") from None
+        raise
     results = _published_results(checkpoint, model_name, overrides)
 
     params = [{"name": name, "data": ms.Tensor(array)} for name, array in arrays.items()]

@@ -30,17 +30,43 @@ def conv_output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _patch_split(img_size, grid):
+    kernel = -(-img_size // grid)
+    padding = -(-(kernel * grid - img_size) // 2)
+    return kernel, padding
+
+
+def _patch_grid_fits(img_size, grid):
+    """A grid fits when every patch covers image pixels: padding < kernel (a grid larger than the
+    image would tile an upscaled image with 1-pixel patches, the border ones padding only)."""
+    kernel, padding = _patch_split(img_size, grid)
+    return padding < kernel and conv_output_size(img_size, kernel, kernel, padding) == grid
+
+
 def patch_geometry(img_size, grid):
     """(kernel, stride, padding) of a patch convolution giving ``grid`` tokens per side.
 
     kernel = stride = ceil(img_size / grid), padding splits the overshoot: 224 -> 7, 10, 14 gives
-    the published 32/0, 23/3 and 16/0.
-    """
-    kernel = -(-img_size // grid)
-    padding = -(-(kernel * grid - img_size) // 2)
-    if conv_output_size(img_size, kernel, kernel, padding) != grid:
-        raise ConfigError(f"cannot tokenise a {img_size}px image into a {grid}x{grid} patch grid")
+    the published 32/0, 23/3 and 16/0. Grids whose border patches would be padding only (padding
+    >= kernel, e.g. any grid larger than the image) are a ``ConfigError`` naming patch_grids."""
+    if grid <= 0:
+        raise ConfigError(f"patch_grids: token grid sides must be positive, got {grid}")
+    kernel, padding = _patch_split(img_size, grid)
+    if not _patch_grid_fits(img_size, grid):
+        fitting = max(g for g in range(1, min(grid, img_size) + 1) if _patch_grid_fits(img_size, g))
+        raise ConfigError(
+            f"patch_grids: a {grid}x{grid} token grid does not fit {img_size} px images ({kernel} px patches with "
+            f"{padding} px of padding per side: border patches would hold no image pixels); the nearest grid "
+            f"below that fits is {fitting}")
     return kernel, kernel, padding
+
+
+def _smallest_t2t_img_size():
+    for img_size in range(1, 1024):
+        grids = [_split_grids(img_size, DVTConfig._t2t_splits(k))[-1] for k in range(len(T2T_SOFT_SPLITS))]
+        if grids[0] > 0 and grids == sorted(set(grids)):
+            return img_size
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +133,13 @@ class DVTConfig:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
         if self.family == "deit" and any(int(g) <= 0 for g in self.patch_grids):
             raise ConfigError(f"patch_grids must be positive token grid sides, got {list(self.patch_grids)}")
-        if self.family == "t2t" and any(g <= 0 for k in range(len(T2T_SOFT_SPLITS))
-                                        for g in _split_grids(self.img_size, self._t2t_splits(k))):
-            raise ConfigError(f"img_size {self.img_size} is too small for the t2t tokenizers")
+        if self.family == "t2t":
+            grids = [_split_grids(self.img_size, self._t2t_splits(k)) for k in range(len(T2T_SOFT_SPLITS))]
+            if any(g <= 0 for steps in grids for g in steps) or \
+                    [steps[-1] for steps in grids] != sorted({steps[-1] for steps in grids}):
+                raise ConfigError(f"img_size {self.img_size} is too small for the t2t tokenizers (their token grids "
+                                  f"must strictly increase from exit to exit); use img_size >= "
+                                  f"{_smallest_t2t_img_size()}")
         grids = self.grids
         if list(grids) != sorted(set(grids)):
             raise ConfigError(f"token grids must strictly increase from exit to exit, got {list(grids)}")
