@@ -11,6 +11,8 @@
 # several nodes needs output_dir on a shared filesystem). key=value overrides any config key
 # (python -m dvt_ms.train --list-keys lists them). With more than one worker, msrun writes each
 # worker's output to --log_dir/worker_<rank>.log (default msrun_logs/).
+# Ctrl-C or SIGTERM stops training after the current step with a checkpoint (a second one aborts);
+# continue with the same command and resume=auto. Exit code 130 (SIGINT) / 143 (SIGTERM).
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 
@@ -66,4 +68,34 @@ msrun_args=(--worker_num="$worker_num" --local_worker_num="$num_devices" --maste
             --master_port="$master_port" --log_dir="$log_dir" --join=True)
 [ -z "$node_rank" ] || msrun_args+=(--node_rank="$node_rank")
 echo "[dvt-ms] msrun: $worker_num workers ($num_devices on this node), logs in $log_dir/" >&2
-exec msrun "${msrun_args[@]}" python -m dvt_ms.train "$config" ${overrides[@]+"${overrides[@]}"}
+# msrun answers Ctrl-C by killing its workers at once. It runs in a session of its own, out of
+# the terminal's reach; a SIGINT/SIGTERM to this script goes to the workers as SIGTERM instead:
+# they agree on a step, rank 0 saves a checkpoint and they all end (with 0, so msrun waits for
+# rank 0 to finish saving).
+setsid msrun "${msrun_args[@]}" python -m dvt_ms.train "$config" ${overrides[@]+"${overrides[@]}"} &
+msrun_pid=$!
+stopped_by=""
+stop_workers() {   # the workers stop gracefully on the first SIGTERM and at once on the second
+  if [ -z "$stopped_by" ]; then
+    stopped_by="$1"
+    echo "[dvt-ms] SIG$1: the workers stop after their current step and save a checkpoint (again to abort)" >&2
+  else
+    echo "[dvt-ms] SIG$1 again: aborting" >&2
+  fi
+  for pid in $(pgrep -P "$msrun_pid"); do
+    if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx 'MS_ROLE=MS_WORKER'; then
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+}
+trap 'stop_workers INT' INT
+trap 'stop_workers TERM' TERM
+status=0
+while kill -0 "$msrun_pid" 2>/dev/null; do
+  wait "$msrun_pid" && status=0 || status=$?   # returns early when a signal arrives
+done
+case "$stopped_by" in
+  INT) exit 130 ;;
+  TERM) exit 143 ;;
+esac
+exit "$status"

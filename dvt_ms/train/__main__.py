@@ -9,7 +9,7 @@ import os
 import sys
 
 from .. import cli
-from ..config import load_config, schema_markdown
+from .interrupts import watch_stop_signals
 
 
 def _parse_args(argv):
@@ -28,6 +28,11 @@ def _parse_args(argv):
 
 def main(argv=None):
     args = _parse_args(argv)
+    if argv is None:
+        # A real command line: before MindSpore (imported with the config) starts threads, route
+        # SIGINT/SIGTERM to a thread that stops training gracefully (interrupts.py).
+        watch_stop_signals()
+    from ..config import load_config, schema_markdown
     if args.list_keys:
         sys.stdout.write(schema_markdown())
         return 0

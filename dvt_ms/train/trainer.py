@@ -115,6 +115,7 @@ class Trainer:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.stop = StopSignals()
+        self._stop_decided = False
 
     def _resume(self):
         path = self.run_folder.resume_path
@@ -207,17 +208,21 @@ class Trainer:
         """Whether a SIGINT/SIGTERM asks to stop, decided alike on every rank. Under data parallel
         the ranks agree at the logging cadence and epoch ends (``_train_epoch``); a rank that has the
         signal tells the others there."""
-        self._stop_decided = getattr(self, "_stop_decided", False) or self._agree(self.stop.requested)
+        self._stop_decided = self._stop_decided or self._agree(self.stop.requested)
         return self._stop_decided
 
     def _stopped(self):
-        state = self.state
-        latest = self.checkpoints.latest()
+        state, runtime = self.state, self.runtime
+        latest = self.checkpoints.latest() if runtime.is_main else "rank 0's checkpoint of this step"
+        signum = self.stop.requested or 15
+        where = (f"at epoch {state.epoch + 1}, step {state.step_in_epoch} of {self.steps_per_epoch}"
+                 if state.step_in_epoch else f"after epoch {state.epoch}")
         raise TrainingInterrupted(
-            f"{self.stop.signal_name or 'a signal on another rank'} at epoch {state.epoch + 1}, step "
-            f"{state.step_in_epoch} of {self.steps_per_epoch} (global step {state.global_step}); saved {latest}. "
+            f"{self.stop.signal_name or 'a stop signal on another rank'} {where} (global step {state.global_step}); "
+            f"saved {latest}. "
             f"Continue this run with the same command and resume=auto (output_dir {self.config.output_dir})",
-            self.stop.requested or 15)
+            # msrun ends every worker as soon as one exits with an error: rank 0 may still be saving
+            exit_code=0 if runtime.distributed else 128 + signum)
 
     def _check_finite(self, report=None):
         """Stop with ``NonFiniteLossError`` if the device saw a non-finite loss since the last log line."""
@@ -271,6 +276,7 @@ class Trainer:
         for _ in self._run_steps(loader, end - state.step_in_epoch):
             state.step_in_epoch += 1
             state.global_step += 1
+            self.stop.rearm()
             self.progress.step()
             at_log = state.global_step % config.log_every_steps == 0
             if at_log:
