@@ -4,7 +4,7 @@ import pathlib
 import pytest
 
 from dvt_ms.config import OPTIONS, SCHEMA, ConfigError, load_config, model_overrides, schema_markdown
-from dvt_ms.models.presets import OVERRIDABLE_KEYS
+from dvt_ms.models.presets import OVERRIDABLE_KEYS, build_config, patch_geometry
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 REQUIRED = {"data_dir": "/data"}
@@ -121,3 +121,51 @@ def test_readme_lists_every_config_key_as_the_schema_says():
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = readme.split("<!-- config-keys:start -->")[1].split("<!-- config-keys:end -->")[0]
     assert table.strip() == schema_markdown().strip()
+
+
+@pytest.mark.parametrize("typo, meant", [("lerning_rate", "lr"), ("learning_rate", "lr"), ("base_lr", "lr"),
+                                         ("num_epochs", "epochs"), ("batchsize", "batch_size"),
+                                         ("warmup_epoch", "warmup_epochs"), ("weight_decy", "weight_decay")])
+def test_unknown_keys_suggest_the_key_meant_also_under_other_trainers_names(typo, meant):
+    assert f"unknown key {typo!r}; did you mean {meant!r}?" in _error({typo: 1})
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"patch_grids": [2, 4, 64]}, "patch_grids: a 64x64 token grid does not fit 32 px images (1 px patches with "
+                                  "16 px of padding per side"),
+    ({"patch_grids": [0, 4, 8]}, "patch_grids must be positive"),
+    ({"img_size": 224, "patch_grids": [7, 10, 100]}, "a 100x100 token grid does not fit 224 px images"),
+    ({"model": "dvt_t2t_vit_12"}, "patch_grids is for deit models; the token grids of dvt_t2t_vit_12 follow "
+                                  "from img_size"),
+    ({"model": "dvt_t2t_vit_12", "patch_grids": None}, "img_size 32 is too small for the t2t tokenizers"),
+])
+def test_impossible_token_grids_are_refused_naming_the_key(overrides, expected):
+    base = {"model": "dvt_deit_small", "img_size": 32, "patch_grids": [2, 4, 8]}
+    assert expected in _error({**base, **overrides})
+
+
+def _covers_pixels(img_size, grid, kernel, padding):
+    """Every patch of the padded image holds at least one image pixel."""
+    return all(min(img_size, (i + 1) * kernel - padding) > max(0, i * kernel - padding) for i in range(grid))
+
+
+@pytest.mark.parametrize("img_size", [32, 64, 224])
+def test_patch_grids_are_accepted_exactly_when_every_patch_holds_image_pixels(img_size):
+    for grid in range(1, img_size + 8):
+        kernel = -(-img_size // grid)
+        padding = -(-(kernel * grid - img_size) // 2)
+        fits = _covers_pixels(img_size, grid, kernel, padding) and \
+            (img_size + 2 * padding - kernel) // kernel + 1 == grid
+        if fits:
+            assert patch_geometry(img_size, grid) == (kernel, kernel, padding)
+        else:
+            with pytest.raises(ConfigError, match=f"patch_grids: a {grid}x{grid} token grid"):
+                patch_geometry(img_size, grid)
+
+
+def test_smallest_t2t_img_size_named_is_the_smallest_that_builds():
+    message = _error({"model": "dvt_t2t_vit_12", "patch_grids": None, "img_size": 20})
+    smallest = int(message.split("use img_size >= ")[1].split()[0])
+    build_config("dvt_t2t_vit_12", img_size=smallest)
+    with pytest.raises(ConfigError):
+        build_config("dvt_t2t_vit_12", img_size=smallest - 1)

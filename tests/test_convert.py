@@ -90,6 +90,27 @@ def test_wrong_shape_is_named_and_nothing_written(golden_dir, tmp_path):
     _assert_nothing_written(tmp_path)
 
 
+@pytest.mark.parametrize("family, wrong_model", [("t2t", "dvt_deit_small"), ("deit", "dvt_t2t_vit_12")])
+def test_a_checkpoint_of_the_other_family_is_named_briefly(golden_dir, tmp_path, family, wrong_model):
+    src = tmp_path / "src.pth.tar"
+    src.write_bytes((golden_dir / f"{family}.pth.tar").read_bytes())
+    result = subprocess.run([sys.executable, "-m", "dvt_ms.convert", str(src), str(tmp_path / "dst.ckpt"),
+                             "--model", wrong_model], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"looks like a DVT {family} checkpoint" in result.stderr
+    assert f"--model {GOLDEN_MODELS[family]}" in result.stderr and len(result.stderr) < 400
+    _assert_nothing_written(tmp_path)
+
+
+def test_many_mismatched_keys_are_counted_with_a_few_named(golden_dir, tmp_path):
+    with pytest.raises(ConversionError) as raised:
+        _convert(golden_dir, tmp_path, num_classes=7)
+    message = str(raised.value)
+    assert "6 wrongly shaped keys" in message and "and 1 more" in message and len(message) < 1000
+    assert len(raised.value.mismatches["wrongly_shaped"]) == 6   # all of them, for whoever needs them
+    assert any("normal_token.head.bias" in entry for entry in raised.value.mismatches["wrongly_shaped"])
+
+
 def test_switched_off_reuse_path_reports_its_keys(golden_dir, tmp_path):
     with pytest.raises(ConversionError, match=r"unexpected keys.*relation_reuse_conv"):
         _convert(golden_dir, tmp_path, relation_reuse=False)

@@ -187,6 +187,14 @@ def test_cli_rejects_malformed_override():
     assert out.returncode == 2 and "'depth'" in out.stderr
 
 
+def test_cli_names_the_key_of_a_bad_value():
+    out = subprocess.run(
+        [PYTHON, "-m", "dvt_ms.models.flops", "--model", "dvt_deit_small", "embed_dim=abc"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "embed_dim" in out.stderr
+    assert "'abc'" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_parse_overrides():
     assert parse_overrides(None) == {}
     assert parse_overrides(["num_classes=10", "feature_reuse=false", "patch_grids=[4,6,8]",

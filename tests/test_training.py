@@ -1,9 +1,15 @@
 """Training on CPU in GRAPH_MODE with a very small cascade: the loss falls, a resumed run continues
 exactly, msrun data parallel keeps the ranks identical, and bad data never crashes a run."""
+import errno
+import json
 import logging
 import os
 import pathlib
+import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import mindspore as ms
 import numpy as np
@@ -17,9 +23,11 @@ from dvt_ms.checkpoint import load_pretrained, store
 from dvt_ms.train.checkpoints import CheckpointManager, TrainingState, load_training_checkpoint
 from dvt_ms.config import load_config, model_overrides
 from dvt_ms.data import ImageFolderSource, epoch_indices, make_loader, open_dataset
-from dvt_ms.errors import CheckpointError, DataError
+from dvt_ms.errors import CheckpointError, ConfigError, DataError, DiskFullError
+from dvt_ms.train.memory import check_training_memory, estimate_training_memory
+from dvt_ms.train.runtime import Runtime
 from dvt_ms.train.trainer import NonFiniteLossError, Trainer
-from helpers import as_overrides, free_port, losses_by_step, read_log, run_script
+from helpers import REPO, as_overrides, free_port, losses_by_step, read_log, run_script
 
 NUM_CLASSES = 4
 
@@ -102,6 +110,9 @@ def test_resume_auto_after_an_epochs_last_step(image_folder, tmp_path):
     assert (trainer.state.epoch, trainer.state.step_in_epoch, trainer.state.global_step) == (0, 4, 4)
     trainer.fit()
     assert [record["global_step"] for record in read_log(tmp_path, "train")] == list(range(1, 9))
+    run = json.loads((tmp_path / "run.json").read_text())   # one run, started twice
+    assert [start["global_step"] for start in run["starts"]] == [0, 4]
+    assert [record["run_id"] for record in read_log(tmp_path, "start")] == [run["run_id"]] * 2
 
 
 @pytest.mark.parametrize("family", sorted(TINY_FAMILY))
@@ -293,3 +304,154 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_
     fresh = Trainer(tiny_config(image_folder, tmp_path / "fresh", lr=1e38, min_lr=0.0, epochs=2))
     state = load_training_checkpoint(fresh.train_step, str(checkpoints[-1]))
     assert state.global_step == stopped_at - 1
+
+
+@pytest.mark.slow
+def test_losses_leave_the_device_only_at_the_log_cadence(image_folder, tmp_path, monkeypatch):
+    """Every log line is the mean of the steps since the last one (the per-step losses of an
+    otherwise identical run), and between log lines nothing is read back from the device."""
+    per_step_dir, cadence_dir = tmp_path / "every-step", tmp_path / "every-4"
+    Trainer(tiny_config(image_folder, per_step_dir, epochs=2, log_every_steps=1)).fit()
+    trainer = Trainer(tiny_config(image_folder, cadence_dir, epochs=2, log_every_steps=4))
+    read_at_steps = []
+    real_asnumpy = ms.Tensor.asnumpy
+
+    def recording_asnumpy(tensor):
+        read_at_steps.append(trainer.state.global_step)
+        return real_asnumpy(tensor)
+
+    real_train_epoch = trainer._train_epoch
+
+    def train_epoch_recording_reads():
+        if trainer.state.epoch == 0:   # the first epoch compiles the step (compiling reads constants)
+            return real_train_epoch()
+        with monkeypatch.context() as patch:
+            patch.setattr(ms.Tensor, "asnumpy", recording_asnumpy)
+            real_train_epoch()
+
+    trainer._train_epoch = train_epoch_recording_reads
+    trainer.fit()
+    assert set(read_at_steps) == {8}   # steps 5-8: the log line at step 8 only
+    per_step, logged = losses_by_step(per_step_dir), losses_by_step(cadence_dir)
+    assert sorted(logged) == [4, 8]
+    for step in (4, 8):
+        window = np.mean([per_step[s] for s in range(step - 3, step + 1)], axis=0)
+        np.testing.assert_allclose(logged[step], window, rtol=1e-5, err_msg=f"step {step}")
+    assert [record["mean_of_steps"] for record in read_log(cadence_dir, "train")] == [4, 4]
+
+
+@pytest.mark.slow
+def test_non_finite_loss_found_at_the_next_log_or_save_and_never_checkpointed(image_folder, tmp_path):
+    """Losses read every 4 steps, checkpoints every 2: the run still names the first non-finite step
+    (as a run reading every step does), stops by the next log line or save, and writes no
+    checkpoint at or after it."""
+    diverging = dict(lr=1e38, min_lr=0.0, epochs=3)
+    with pytest.raises(NonFiniteLossError) as every_step:
+        Trainer(tiny_config(image_folder, tmp_path / "every-step", **diverging)).fit()
+    trainer = Trainer(tiny_config(image_folder, tmp_path / "cadence", log_every_steps=4, save_every_steps=2,
+                                  **diverging))
+    with pytest.raises(NonFiniteLossError) as cadence:
+        trainer.fit()
+    first_bad = int(str(every_step.value).split("(global step ")[1].split(")")[0])
+    assert f"(global step {first_bad})" in str(cadence.value)
+    assert trainer.state.global_step <= first_bad + 1   # the next save (every 2) or log line (every 4)
+    saved = sorted(int(path.stem.split("_")[1]) for path in (tmp_path / "cadence").glob("step_*.ckpt"))
+    assert all(step < first_bad for step in saved)
+    if saved:
+        assert f"Last good checkpoint: {tmp_path / 'cadence' / f'step_{saved[-1]:08d}.ckpt'}" in str(cadence.value)
+    assert all(np.isfinite(param.asnumpy()).all() for param in trainer.model.trainable_params())
+
+
+def test_a_full_disk_stops_training_with_the_last_checkpoint_intact(image_folder, tmp_path, monkeypatch):
+    real_save = store.ms.save_checkpoint
+    calls = []
+
+    def disk_full_on_second_save(cell, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(cell, path, **kwargs)
+
+    monkeypatch.setattr(store.ms, "save_checkpoint", disk_full_on_second_save)
+    trainer = Trainer(tiny_config(image_folder, tmp_path, epochs=1, save_every_steps=2))
+    with pytest.raises(DiskFullError) as raised:
+        trainer.fit()
+    message = str(raised.value)
+    assert str(tmp_path / "step_00000004.ckpt") in message and "free in" in message
+    assert f"the last checkpoint is {tmp_path / 'step_00000002.ckpt'}" in message and "resume=auto" in message
+    assert sorted(path.name for path in tmp_path.glob("*.ckpt")) == ["step_00000002.ckpt"]
+    assert not list(tmp_path.glob(".dvt-tmp-*"))
+    monkeypatch.undo()
+    assert load_training_checkpoint(trainer.train_step, str(tmp_path / "step_00000002.ckpt")).global_step == 2
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused_before_the_data_is_read(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        Trainer(tiny_config(tmp_path / "no-data", tmp_path / "out", batch_size=4096, patch_grids=[2, 4, 32]))
+    message = str(raised.value)
+    assert "batch_size 4096" in message and "token grids [2, 4, 32]" in message and "is available" in message
+    assert "lower batch_size to" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_estimate_refuses_warns_and_suggests_a_batch_that_fits(caplog):
+    config = dvt_ms.build_config("dvt_deit_small", embed_dim=32, depth=1, num_heads=2, img_size=32,
+                                 patch_grids=(2, 4, 32))
+    runtime = Runtime("CPU", 0, 1, "O0", ms.float16, "none")
+    estimate = estimate_training_memory(config, 64, "O0")
+    assert estimate_training_memory(config, 128, "O0").total - estimate.total == pytest.approx(64 * estimate.per_image)
+    assert estimate.largest_exit == 3
+    with pytest.raises(ConfigError, match=r"lower batch_size to (\d+)") as raised:
+        check_training_memory(config, 64, runtime, available=estimate.total / 1.5)
+    suggested = int(re.search(r"lower batch_size to (\d+)", str(raised.value)).group(1))
+    assert estimate_training_memory(config, suggested, "O0").total <= 0.7 * estimate.total / 1.5
+    with caplog.at_level(logging.WARNING, logger="dvt_ms.train.memory"):
+        check_training_memory(config, 64, runtime, available=estimate.total / 0.9)
+    assert "may run out of memory" in caplog.text
+    # Attention maps grow with the square of the token count: twice the grid side, about 16x the memory.
+    wider = dvt_ms.build_config("dvt_deit_small", embed_dim=32, depth=1, num_heads=2, img_size=64,
+                                patch_grids=(2, 4, 64))
+    ratio = estimate_training_memory(wider, 1, "O0").per_image / estimate.per_image
+    assert 12 < ratio < 17
+
+
+def _train_command(image_folder, output_dir, **settings):
+    return [sys.executable, "-m", "dvt_ms.train", *as_overrides(TINY, **settings), f"data_dir={image_folder}",
+            f"output_dir={output_dir}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals, exit_code", [((signal.SIGINT,), 130), ((signal.SIGTERM,), 143),
+                                                ((signal.SIGINT, signal.SIGTERM), 143)],
+                         ids=["ctrl-c", "sigterm", "second-signal-aborts"])
+def test_a_stop_signal_saves_the_last_step_and_says_how_to_resume(image_folder, tmp_path, signals, exit_code):
+    env = {**os.environ, "GLOG_v": "3", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(_train_command(image_folder, tmp_path, epochs=1000), cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if " step " in line:   # the first log line: training runs
+                break
+        for signum in signals:
+            process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == exit_code, stderr[-2000:]
+    assert "Traceback" not in stderr
+    if len(signals) > 1:
+        assert "SIGTERM: aborting at once" in stderr
+        return
+    name = signal.Signals(signals[0]).name
+    checkpoint, = tmp_path.glob("step_*.ckpt")
+    assert f"stopped: {name}" in stderr and f"saved {checkpoint}" in stderr and "resume=auto" in stderr
+    stopped_at = load_training_checkpoint(Trainer(tiny_config(image_folder, tmp_path / "probe")).train_step,
+                                          str(checkpoint)).global_step
+    assert stopped_at == max(record["global_step"] for record in read_log(tmp_path, "train"))
+    resumed = subprocess.run(_train_command(image_folder, tmp_path, epochs=1000, resume="auto",
+                                            max_steps=stopped_at + 2), cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    steps = [record["global_step"] for record in read_log(tmp_path, "train")]
+    assert steps == list(range(1, stopped_at + 3))

@@ -1,0 +1,222 @@
+"""Nothing a user made is lost: output paths are checked before any work, outputs get the umask's
+modes, a full disk stops cleanly, and what killed writers leave behind is cleaned up."""
+import errno
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+from mindspore import nn
+
+from dvt_ms import fileio
+from dvt_ms.checkpoint import store
+from dvt_ms.errors import DiskFullError, OutputPathError
+from dvt_ms.fileio import (atomic_write_text, check_output_dir, check_output_file, remove_stale_temporaries,
+                           staged_directory)
+from dvt_ms.train.checkpoints import CheckpointManager, TrainingState
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for the test and restore the caller's afterwards."""
+    original = os.umask(0o022)
+    yield os.umask
+    os.umask(original)
+
+
+def mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_files_and_folders_we_write_take_the_umask_modes(tmp_path, umask, mask):
+    umask(mask)
+    atomic_write_text(tmp_path / "results.csv", "path,class\n")
+    assert mode(tmp_path / "results.csv") == 0o666 & ~mask
+    checkpoint = tmp_path / "weights.ckpt"
+    store.atomic_save_checkpoint(nn.Dense(2, 2), str(checkpoint))   # MindSpore itself writes 0400
+    assert mode(checkpoint) == 0o666 & ~mask
+    with staged_directory(tmp_path / "export") as staging:
+        (pathlib.Path(staging) / "graphs").mkdir()
+        for name in ("exit1.mindir", "graphs/exit1.data"):   # as MindSpore's exporter leaves them
+            (pathlib.Path(staging) / name).write_bytes(b"x")
+            os.chmod(pathlib.Path(staging) / name, 0o400)
+        os.chmod(pathlib.Path(staging) / "graphs", 0o700)
+    assert mode(tmp_path / "export") == mode(tmp_path / "export" / "graphs") == 0o777 & ~mask
+    assert mode(tmp_path / "export" / "exit1.mindir") == mode(tmp_path / "export" / "graphs" / "exit1.data") \
+        == 0o666 & ~mask
+
+
+def test_output_file_checks_name_the_path_and_the_reason(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "a_folder").mkdir()
+    check_output_file(tmp_path / "new" / "deeper" / "results.csv", None)   # folders are created
+    cases = [(tmp_path / "a_folder", "is a folder; give a file name"),
+             (f"{tmp_path}/new_folder/", "is a folder; give a file name"),
+             (tmp_path / "a_file" / "results.csv", f"{tmp_path / 'a_file'} is a file, not a folder"),
+             (tmp_path / "a_file" / "x" / "results.csv", f"{tmp_path / 'a_file'} is a file, not a folder")]
+    for path, reason in cases:
+        with pytest.raises(OutputPathError) as raised:
+            check_output_file(path)
+        assert str(path).rstrip("/") in str(raised.value) and reason in str(raised.value)
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root may write anywhere")
+def test_unwritable_output_folders_are_named(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(OutputPathError, match=f"no permission to write in {locked}"):
+            check_output_file(locked / "results.csv")
+        with pytest.raises(OutputPathError, match=f"no permission to write in {locked}"):
+            check_output_dir(locked / "run")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_output_folder_checks(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "per_exit.json").write_text("{}")
+    with pytest.raises(OutputPathError, match="is a file, not a folder"):
+        check_output_dir(tmp_path / "a_file")
+    with pytest.raises(OutputPathError, match="a_file is a file, not a folder"):
+        check_output_dir(tmp_path / "a_file" / "run", staged=True)
+    with pytest.raises(OutputPathError, match="exists and is not empty \\(pass --overwrite"):
+        check_output_dir(tmp_path / "report", staged=True)
+    check_output_dir(tmp_path / "report", staged=True, overwrite=True)
+    check_output_dir(tmp_path / "report")   # written in place (a run folder): fine
+
+
+def _dead_pid():
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    host, dead, ours = socket.gethostname(), _dead_pid(), os.getpid()
+    old = fileio._STARTED - 3600
+    stale = [f".dvt-tmp-{dead}@{host}-abcd1234.ckpt",
+             f".dvt-tmp-{dead}@{host}-abcd1234.tmp",          # MindSpore's own temporary beside ours
+             f".dvt-staging-{dead}@{host}-k2j4h5g6",
+             ".tmp-q8w7e6r5.ckpt", ".staging-a1b2c3d4"]          # what earlier versions left
+    kept = [f".dvt-tmp-{ours}@{host}-zzzz9999.ckpt",             # being written by this process
+            ".tmp-notes.txt", "step_00000010.ckpt", ".staging-mine"]
+    for name in stale + kept:
+        path = tmp_path / name
+        if "staging" in name:
+            path.mkdir()
+            (path / "exit1.mindir").write_bytes(b"partial")
+        else:
+            path.write_bytes(b"partial")
+        if name.startswith((".tmp-", ".staging-")):
+            os.utime(path, (old, old))   # from before this process started
+    fresh_legacy = tmp_path / ".tmp-newer123.ckpt"
+    fresh_legacy.write_bytes(b"maybe another old-version process is writing it")
+    # An export whose replacement was killed between moving the old folder aside and moving the new in:
+    (tmp_path / f".dvt-replaced-{dead}@{host}:model").mkdir()
+    (tmp_path / f".dvt-replaced-{dead}@{host}:model" / "manifest.yaml").write_text("the user's model")
+
+    removed = remove_stale_temporaries(tmp_path)
+
+    assert sorted(removed) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [fresh_legacy.name, "model"])
+    assert (tmp_path / "model" / "manifest.yaml").read_text() == "the user's model"
+
+
+def test_a_full_disk_while_saving_names_the_path_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    cell = nn.Dense(3, 2)
+    manager = CheckpointManager(str(tmp_path), keep=3)
+    manager.save(cell, TrainingState(global_step=10, steps_per_epoch=5))
+    good = (tmp_path / "step_00000010.ckpt").read_bytes()
+
+    def disk_fills_up(cell, path, **kwargs):
+        # MindSpore writes <name>.tmp first and renames it; the disk fills up half way.
+        pathlib.Path(os.path.splitext(path)[0] + ".tmp").write_bytes(good[: len(good) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.ms, "save_checkpoint", disk_fills_up)
+    with pytest.raises(DiskFullError) as raised:
+        manager.save(cell, TrainingState(global_step=20, steps_per_epoch=5))
+    message = str(raised.value)
+    assert str(tmp_path / "step_00000020.ckpt") in message and "free in" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000010.ckpt"]
+    assert (tmp_path / "step_00000010.ckpt").read_bytes() == good
+
+
+def _run_cli(module, argv, capsys):
+    code = module.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_every_command_checks_its_output_paths_before_any_work(tmp_path, capsys):
+    """Each command gets inputs that do not exist: if it started its work before checking where
+    its output goes, it would complain about them instead."""
+    from dvt_ms.calibrate import __main__ as calibrate
+    from dvt_ms.convert import __main__ as convert
+    from dvt_ms.deploy import __main__ as deploy
+    from dvt_ms.export import __main__ as export
+    from dvt_ms.train import __main__ as train
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    (tmp_path / "a_folder").mkdir()
+    missing = tmp_path / "missing"
+    config = str(REPO / "configs" / "tiny_cpu.yaml")
+    runs = {
+        "infer --out a folder": (deploy, ["--model", str(missing), str(missing), "--out", str(tmp_path / "a_folder")],
+                                 "is a folder; give a file name"),
+        "infer --summary under a file": (deploy, ["--model", str(missing), str(missing), "--summary",
+                                                  str(a_file / "summary.json")], "is a file, not a folder"),
+        "calibrate --out under a file": (calibrate, [config, "--ckpt", str(missing), "--data", str(missing),
+                                                     "--out", str(a_file / "report")], "is a file, not a folder"),
+        "calibrate --out is a file": (calibrate, [config, "--ckpt", str(missing), "--data", str(missing),
+                                                  "--out", str(a_file)], "is a file, not a folder"),
+        "export --out under a file": (export, [config, "--ckpt", str(missing), "--out", str(a_file / "model")],
+                                      "is a file, not a folder"),
+        "convert dst under a file": (convert, [str(missing), str(a_file / "x.ckpt"), "--model", "dvt_deit_small"],
+                                     "is a file, not a folder"),
+        "train output_dir under a file": (train, [config, f"data_dir={missing}", f"output_dir={a_file / 'run'}"],
+                                          "is a file, not a folder"),
+    }
+    for name, (module, argv, reason) in runs.items():
+        code, err = _run_cli(module, argv, capsys)
+        assert code == 2, (name, err)
+        assert err.startswith("error: ") and reason in err and "Traceback" not in err, (name, err)
+        assert str(missing) not in err, (name, err)
+    assert a_file.read_text() == "mine"
+
+
+def test_env_sh_is_safe_to_source_in_an_interactive_shell(tmp_path):
+    """Sourcing it changes no shell option: a failing command afterwards does not end the shell,
+    and a failed setup returns instead of exiting."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    digest = subprocess.run(["sha256sum", str(REPO / "requirements.txt")], capture_output=True, text=True,
+                            check=True).stdout.split()[0]
+    (venv / ".requirements.sha256").write_text(digest + "\n")   # set up already: nothing to install
+    script = ('source scripts/_env.sh; echo "sourced $?"; false; echo "after false"; echo "flags $-"; '
+              'set -o | grep -E "^(errexit|nounset|pipefail) "; echo "$DVT_UNSET_VARIABLE done"')
+    result = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "DVT_VENV": str(venv)})
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines[:2] == ["sourced 0", "after false"], result.stdout + result.stderr
+    assert "e" not in lines[2].split()[1] and "u" not in lines[2].split()[1]
+    assert all(line.split()[1] == "off" for line in lines[3:6]) and lines[6] == " done"
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    result = subprocess.run(["bash", "-c", 'source scripts/_env.sh; echo "returned $?"; echo still here'],
+                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "DVT_VENV": str(a_file / "v")})
+    assert result.stdout.splitlines() == ["returned 1", "still here"], result.stdout + result.stderr
+    assert "setting up" in result.stderr
