@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from .errors import DiskFullError, OutputPathError
 
 __all__ = ["atomic_write", "atomic_write_text", "staged_directory", "check_output_file", "check_output_dir",
-           "prepare_staged_directory", "remove_stale_temporaries", "format_bytes"]
+           "prepare_staged_directory", "remove_stale_temporaries", "apply_umask_modes", "format_bytes"]
 
 _logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def remove_stale_temporaries(directory):
     return removed
 
 
-def _apply_umask_modes(root):
+def apply_umask_modes(root):
     """MindSpore writes checkpoints and MindIR files read-only for their owner (0400 / 0700): give
     everything under ``root`` the modes of the user's umask so others can read a deployed model."""
     file_mode, dir_mode = _file_mode(), _dir_mode()
@@ -270,7 +270,7 @@ def staged_directory(out_dir, overwrite=False):
     staging = tempfile.mkdtemp(prefix=_prefix(_TEMP_DIR), dir=parent)
     try:
         yield staging
-        _apply_umask_modes(staging)
+        apply_umask_modes(staging)
         if os.path.exists(out_dir):
             previous = os.path.join(parent, f".dvt-{_REPLACED}-{os.getpid()}@{_host()}:{os.path.basename(out_dir)}")
             os.replace(out_dir, previous)

@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw
 
 from .. import cli
 from ..errors import ConfigError, DVTError
+from ..fileio import apply_umask_modes
 
 __all__ = [
     "CLASS_NAMES", "DatasetMismatchError", "generate_image", "generate_sample", "write_dataset",
@@ -457,6 +458,7 @@ def write_dataset(root, num_classes=len(CLASS_NAMES), train_per_class=300, val_p
             _write_split(staging, split, manifest, difficulties)
         _write_json(staging / DIFFICULTY_NAME, difficulties)
         _write_json(staging / MANIFEST_NAME, manifest)
+        apply_umask_modes(staging)   # mkdtemp made it private (0700)
         try:
             os.rename(staging, root)
         except OSError:
