@@ -25,7 +25,7 @@ from dvt_ms.config import load_config, model_overrides
 from dvt_ms.data import ImageFolderSource, epoch_indices, make_loader, open_dataset
 from dvt_ms.errors import CheckpointError, ConfigError, DataError, DiskFullError
 from dvt_ms.train.memory import check_training_memory, estimate_training_memory
-from dvt_ms.train.runtime import Runtime
+from dvt_ms.train.runtime import Runtime, setup_runtime
 from dvt_ms.train.trainer import NonFiniteLossError, Trainer
 from helpers import REPO, as_overrides, free_port, losses_by_step, read_log, run_script
 
@@ -455,3 +455,10 @@ def test_a_stop_signal_saves_the_last_step_and_says_how_to_resume(image_folder, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     steps = [record["global_step"] for record in read_log(tmp_path, "train")]
     assert steps == list(range(1, stopped_at + 3))
+
+
+def test_data_sink_is_switched_off_with_a_warning_on_cpu(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="dvt_ms.train.runtime"):
+        runtime = setup_runtime(tiny_config(tmp_path, tmp_path / "out", data_sink=True))
+    assert runtime.device_target == "CPU" and not runtime.data_sink
+    assert "data_sink" in caplog.text and "Ascend and GPU only" in caplog.text

@@ -84,13 +84,24 @@ class _Collective(nn.Cell):
         return self.op(x)
 
 
+_collectives = {}
+
+
+def _collective(name, make_op):
+    """One cell per collective, so its graph compiles once per input shape (they are called at every
+    log line under data parallel)."""
+    if name not in _collectives:
+        _collectives[name] = _Collective(make_op())
+    return _collectives[name]
+
+
 def sum_over_ranks(array):
     """Element-wise sum of a float32 host array over all ranks (every rank must call it)."""
-    return _Collective(ops.AllReduce())(ms.Tensor(np.asarray(array, np.float32))).asnumpy()
+    return _collective("sum", ops.AllReduce)(ms.Tensor(np.asarray(array, np.float32))).asnumpy()
 
 
 def gather_from_ranks(array):
     """``(world_size, *shape)``: every rank's float32 ``array``, in rank order (every rank must call it)."""
     array = np.asarray(array, np.float32)
-    gathered = _Collective(ops.AllGather())(ms.Tensor(array[None])).asnumpy()
+    gathered = _collective("gather", ops.AllGather)(ms.Tensor(array[None])).asnumpy()
     return gathered.reshape((-1,) + array.shape)
