@@ -62,19 +62,24 @@ class MonitorReport:
 
 
 class TrainStep(nn.TrainOneStepCell):
-    """``(images, labels) -> (exit losses, applied)``.
+    """``(images, labels) -> (exit losses, applied)`` of the DVT cascade ``exit_losses`` wraps.
 
     ``loss_scale_type``: none, fixed (constant ``loss_scale``) or dynamic (start at ``loss_scale``,
     halve on overflow, double after 2000 clean steps). ``ema_decay`` None disables the EMA; its
     copies of the model's parameters are named ``ema.<name>``. The gradient reducer for data
     parallel comes from ``nn.TrainOneStepCell``. The ``monitor.*`` parameters accumulate, on the
     device, the steps, losses, skipped updates and the first non-finite loss since
-    ``read_monitor(reset=True)``; they are not saved in checkpoints (``transient_names``).
+    ``read_monitor(reset=True)``, one loss per exit (``num_exits``; counted from the cascade's
+    ``stages.<k>`` parameters when not given); they are not saved in checkpoints
+    (``transient_names``).
     """
 
-    def __init__(self, exit_losses, optimizer, num_exits, loss_scale_type="none", loss_scale=1.0,
-                 clip_grad_norm=None, ema_decay=None):
+    def __init__(self, exit_losses, optimizer, loss_scale_type="none", loss_scale=1.0,
+                 clip_grad_norm=None, ema_decay=None, num_exits=None):
         super().__init__(exit_losses, optimizer)
+        if num_exits is None:   # the cascade's stages.<k>.* parameters (mixed precision may wrap the model)
+            num_exits = len({param.name.split(".")[1] for param in exit_losses.get_parameters()
+                             if param.name.startswith("stages.")})
         self.monitor_steps = Parameter(Tensor(0, ms.int32), name="monitor.steps", requires_grad=False)
         self.monitor_loss_sum = Parameter(Tensor(np.zeros(num_exits, np.float32)), name="monitor.loss_sum",
                                           requires_grad=False)

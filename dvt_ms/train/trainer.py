@@ -102,8 +102,9 @@ class Trainer:
         exit_losses = ExitLosses(self.network, create_loss("CE", label_smoothing=config.label_smoothing))
         optimizer = create_optimizer(self.model, config.opt, lr=self.learning_rates,
                                      weight_decay=config.weight_decay, weight_decay_filter=config.weight_decay_filter)
-        self.train_step = TrainStep(exit_losses, optimizer, self.arch.num_exits, runtime.loss_scale_type,
-                                    config.loss_scale, config.clip_grad_norm, config.ema_decay if config.ema else None)
+        self.train_step = TrainStep(exit_losses, optimizer, runtime.loss_scale_type, config.loss_scale,
+                                    config.clip_grad_norm, config.ema_decay if config.ema else None,
+                                    num_exits=self.arch.num_exits)
         self.exit_hits = ExitHits(self.network, self.arch.num_exits, top_k=min(5, self.arch.num_classes))
 
         self.checkpoints = CheckpointManager(config.output_dir, config.keep_checkpoints)
