@@ -6,10 +6,10 @@ smoothing / soft mixup targets), mindcv AdamW, warm-up + cosine schedule with co
 one compiled graph (``TrainStep``); under msrun every rank trains on its shard and gradients are
 averaged across ranks.
 
-The host never waits for a step: losses, skipped updates and non-finite losses accumulate on the
-device and are read at the logging cadence and before every save (a non-finite loss freezes the
-weights on the device, so the run stops no later than the next log line or save, and no
-checkpoint is ever written after one). On Ascend/GPU, ``data_sink`` feeds the batches through
+The loop reads nothing back after a step: losses, skipped updates and non-finite losses
+accumulate on the device and are read at the logging cadence and before every save (a non-finite
+loss freezes the weights on the device, so the run stops no later than the next log line or
+save, and no checkpoint is ever written after one). On Ascend/GPU, ``data_sink`` feeds the batches through
 the device's data queue. Before anything is built, the run folder (``run_folder``), the step's
 memory (``memory``) and the output path are checked; SIGINT/SIGTERM stop gracefully with a
 checkpoint (``interrupts``); a full disk stops with the last checkpoint intact.
