@@ -4,7 +4,9 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 from mindcv.models.layers.drop_path import DropPath
 
-__all__ = ["dense", "layer_norm", "drop_path", "Mlp", "Attention", "Block"]
+from . import cpu_kernels
+
+__all__ = ["dense", "GELU", "LayerNorm", "layer_norm", "drop_path", "Mlp", "Attention", "Block"]
 
 
 def dense(in_features, out_features, has_bias=True):
@@ -14,8 +16,42 @@ def dense(in_features, out_features, has_bias=True):
                     bias_init="zeros")
 
 
+class GELU(nn.GELU):
+    """Exact (erf) GELU; on the CPU, float32 goes through the fused kernel when it is available
+    (``cpu_kernels``). A subclass of ``nn.GELU`` so that mixed-precision lists treat it as one."""
+
+    def __init__(self):
+        super().__init__(approximate=False)
+        self.cpu_kernel = cpu_kernels.gelu_op()
+        self.use_cpu_kernel = self.cpu_kernel is not None
+
+    def construct(self, x):
+        if self.use_cpu_kernel and x.dtype == ms.float32:
+            return self.cpu_kernel(x)
+        return ops.gelu(x, approximate="none")
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last axis; on the CPU, float32 goes through the fused kernel when it is
+    available (``cpu_kernels``). A subclass of ``nn.LayerNorm``: the same ``gamma``/``beta``
+    parameters (checkpoints unchanged), and mixed precision keeps it in float32 as it keeps
+    ``nn.LayerNorm`` (amp's black list)."""
+
+    def __init__(self, dim, eps):
+        super().__init__((dim,), epsilon=eps)
+        self.cpu_kernel = cpu_kernels.layer_norm_op()
+        self.use_cpu_kernel = self.cpu_kernel is not None
+        self.epsilon_tensor = ms.Tensor([eps], ms.float32)
+
+    def construct(self, x):
+        if self.use_cpu_kernel and x.dtype == ms.float32 and self.gamma.dtype == ms.float32:
+            return self.cpu_kernel(x, self.gamma, self.beta, self.epsilon_tensor)[0]
+        y, _, _ = self.layer_norm(x, self.gamma.astype(x.dtype), self.beta.astype(x.dtype))
+        return y
+
+
 def layer_norm(dim, eps):
-    return nn.LayerNorm((dim,), epsilon=eps)
+    return LayerNorm(dim, eps)
 
 
 def drop_path(rate):
@@ -29,7 +65,7 @@ class Mlp(nn.Cell):
     def __init__(self, in_features, hidden_features, out_features, drop=0.0):
         super().__init__()
         self.fc1 = dense(in_features, hidden_features)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.fc2 = dense(hidden_features, out_features)
         self.drop = nn.Dropout(p=drop)
 
@@ -56,18 +92,24 @@ class Attention(nn.Cell):
         self.proj_drop = nn.Dropout(p=drop)
 
     def construct(self, x, relation_bias=None):
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        qkv = qkv.transpose(2, 0, 3, 1, 4)
-        query, key, value = qkv[0], qkv[1], qkv[2]
-        query, key = ops.cast(query, ms.float32), ops.cast(key, ms.float32)
+        _, tokens, dim = x.shape
+        # q, k, v by splitting the projection's last axis: the same numbers as slicing a
+        # (3, B, H, N, d) transpose of it, without copying the whole projection through a transpose.
+        query, key, value = ops.split(self.qkv(x), dim, axis=-1)
+        query = ops.cast(self._heads(query, tokens), ms.float32)
+        key = ops.cast(self._heads(key, tokens), ms.float32)
+        value = self._heads(value, tokens)
         relation = ops.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale
         if relation_bias is not None:
             relation = relation + ops.cast(relation_bias, ms.float32)
         weights = ops.cast(ops.softmax(relation, axis=-1), value.dtype)
         out = ops.matmul(weights, value)
-        out = out.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
+        out = out.transpose(0, 2, 1, 3).reshape(-1, tokens, dim)
         return self.proj_drop(self.proj(out)), relation
+
+    def _heads(self, x, tokens):
+        """(B, N, D) -> (B, H, N, D/H)."""
+        return x.reshape(-1, tokens, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
 
 class Block(nn.Cell):

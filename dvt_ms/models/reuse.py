@@ -1,9 +1,10 @@
 """The two reuse paths by which stage k builds on stage k-1 (docs/model.md, "Reuse")."""
-from mindspore import nn, ops
+import numpy as np
+from mindspore import Tensor, nn, ops
 
-from .layers import Mlp, layer_norm
+from .layers import GELU, Mlp, layer_norm
 from .presets import FEATURE_REUSE_DIM, FEATURE_REUSE_HIDDEN
-from .resample import GridResample
+from .resample import GridResample, grid_resample_matrix, with_class_token
 
 __all__ = ["FeatureReuse", "RelationReuse"]
 
@@ -34,14 +35,19 @@ class RelationReuse(nn.Cell):
     def __init__(self, channels, src_grid, dst_grid):
         super().__init__()
         self.expand = nn.Conv2d(channels, channels * 3, 1, has_bias=True, weight_init="he_uniform")
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.reduce = nn.Conv2d(channels * 3, channels, 1, has_bias=True, weight_init="he_uniform")
-        self.resample = GridResample(src_grid, dst_grid)
+        # Both token axes at once: R -> P R Pᵀ with P = diag(1, M ⊗ M) (class token kept as it is).
+        token_map = with_class_token(grid_resample_matrix(src_grid, dst_grid))
+        self.token_map = Tensor(token_map)
+        self.token_map_t = Tensor(np.ascontiguousarray(token_map.T))
+        self.matmul = ops.MatMul()
 
     def construct(self, prev_relations):
         mixed = self.reduce(self.act(self.expand(prev_relations)))
-        # key axis (last): keep the class-token key, resample the patch keys
-        keys = ops.concat((mixed[..., :1], self.resample.tokens_last(mixed[..., 1:])), axis=-1)
-        # query axis: keep the class-token query row, resample the patch rows
-        queries = self.resample.tokens_then_channels(keys[:, :, 1:])
-        return ops.concat((keys[:, :, :1], queries), axis=2)
+        _, channels, tokens, _ = mixed.shape
+        out_tokens = self.token_map.shape[0]
+        token_map = ops.cast(self.token_map, mixed.dtype)
+        keys = self.matmul(mixed.reshape(-1, tokens), ops.cast(self.token_map_t, mixed.dtype))   # R Pᵀ
+        both = ops.matmul(token_map, keys.reshape(-1, tokens, out_tokens))                      # P (R Pᵀ)
+        return both.reshape(-1, channels, out_tokens, out_tokens)

@@ -1,0 +1,148 @@
+"""Optional compiled CPU kernels for exact GELU and LayerNorm (forward and backward).
+
+MindSpore 2.10's CPU kernels for exact (erf) GELU and LayerNorm are 20-60x slower than one fused
+pass over the data (docs/performance.md). ``kernels.cc`` holds such passes; they are compiled with
+the system C++ compiler on first use into a per-user cache keyed by the source's hash and called
+through ``ops.Custom(func_type="aot")``.
+
+They are used only where all of these hold, and the native op is used otherwise:
+  * the environment does not switch them off (``DVT_CPU_KERNELS=0``);
+  * MindSpore's device target is CPU when the layer is built (Ascend/GPU keep their native ops);
+  * the library builds and loads (no compiler, a failed build, an AOT white list that excludes the
+    cache: one warning, then the native ops, never an exception);
+  * the tensor is float32 (float16/bfloat16 under mixed precision take the native op);
+  * the model is not being exported (``use_native_ops``: a MindIR must run where this library is not).
+
+Environment: ``DVT_CPU_KERNELS`` (0/false/off disables), ``CXX`` (compiler, default g++),
+``DVT_CPU_KERNELS_CACHE`` (build directory, default ``$XDG_CACHE_HOME/dvt_ms/cpu_kernels``).
+"""
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+
+import mindspore as ms
+from mindspore import ops
+
+__all__ = ["kernels_requested", "library_path", "gelu_op", "layer_norm_op", "use_native_ops"]
+
+LOGGER = logging.getLogger(__name__)
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cc")
+# -fopenmp-simd: the `omp simd` loop hints without the OpenMP runtime (its spinning workers fight
+# MindSpore's own thread pool); threads are plain std::threads inside the kernels.
+CXXFLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-pthread"]
+_DISABLED_VALUES = ("0", "false", "off", "no")
+
+# (compiler, cache dir) -> path of the built library, or None when it could not be built. Keyed by
+# the settings so that changing them (tests, a user's retry) tries again; warned about once each.
+_BUILDS = {}
+
+
+def kernels_requested():
+    """True unless ``DVT_CPU_KERNELS`` switches the kernels off or the device is not the CPU."""
+    if os.environ.get("DVT_CPU_KERNELS", "1").strip().lower() in _DISABLED_VALUES:
+        return False
+    return ms.get_context("device_target") == "CPU"
+
+
+def _cache_dir():
+    configured = os.environ.get("DVT_CPU_KERNELS_CACHE")
+    if configured:
+        return configured
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dvt_ms", "cpu_kernels")
+
+
+def _build(compiler, cache_dir):
+    """Compile ``kernels.cc`` into ``cache_dir`` unless a build of this exact source (and flags)
+    is there already. Built under a temporary name and renamed: concurrent builds (data-parallel
+    ranks, test workers) never load a half-written library."""
+    with open(SOURCE, "rb") as handle:
+        digest = hashlib.sha256(handle.read() + " ".join([compiler] + CXXFLAGS).encode()).hexdigest()[:16]
+    target = os.path.join(cache_dir, f"libdvt_cpu_kernels_{digest}.so")
+    if os.path.exists(target):
+        return target
+    os.makedirs(cache_dir, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=cache_dir)
+    os.close(handle)
+    try:
+        subprocess.run([compiler, *CXXFLAGS, "-o", staging, SOURCE], check=True, capture_output=True, text=True)
+        os.chmod(staging, 0o755)
+        os.replace(staging, target)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+    return target
+
+
+def library_path():
+    """Path of the built kernel library, or None (with one warning per setting) if it cannot be built."""
+    compiler, cache_dir = os.environ.get("CXX", "g++"), _cache_dir()
+    key = (compiler, cache_dir)
+    if key not in _BUILDS:
+        try:
+            _BUILDS[key] = _build(compiler, cache_dir)
+        except (OSError, subprocess.CalledProcessError) as error:
+            detail = getattr(error, "stderr", None) or str(error)
+            LOGGER.warning("CPU kernels for GELU/LayerNorm not built (%s: %s); using MindSpore's native ops",
+                           compiler, detail.strip().splitlines()[-1] if detail.strip() else type(error).__name__)
+            _BUILDS[key] = None
+    return _BUILDS[key]
+
+
+def _custom(name, out_shape, out_dtype, bprop=None):
+    """ops.Custom for kernel ``name`` of the library, or None (warned) if MindSpore refuses it."""
+    path = library_path()
+    if path is None:
+        return None
+    try:
+        return ops.Custom(f"{path}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot", bprop=bprop)
+    except (TypeError, ValueError, RuntimeError) as error:   # e.g. MS_CUSTOM_AOT_WHITE_LIST excludes the cache
+        if ("custom", path) not in _BUILDS:
+            LOGGER.warning("CPU kernels not usable (%s); using MindSpore's native ops", error)
+            _BUILDS[("custom", path)] = None
+        return None
+
+
+def gelu_op():
+    """Exact GELU x·Φ(x) on float32 as a fused kernel with its fused gradient, or None."""
+    if not kernels_requested():
+        return None
+    gradient = _custom("GeluErfGrad", lambda x, dy: x, lambda x, dy: x)
+    if gradient is None:
+        return None
+
+    def bprop(x, out, dout):
+        return (gradient(x, dout),)
+
+    return _custom("GeluErf", lambda x: x, lambda x: x, bprop)
+
+
+def layer_norm_op():
+    """LayerNorm over the last axis, ``op(x, gamma, beta, eps) -> (y, mean, rstd)`` on float32
+    (``eps`` a (1,) tensor), with its fused gradient; or None."""
+    if not kernels_requested():
+        return None
+    float32 = ms.float32
+    gradient = _custom("LayerNormBwd", lambda x, gamma, mean, rstd, dy: (x, gamma, gamma),
+                       lambda *dtypes: (float32, float32, float32))
+    if gradient is None:
+        return None
+
+    def bprop(x, gamma, beta, eps, out, dout):
+        dx, dgamma, dbeta = gradient(x, gamma, out[1], out[2], dout[0])
+        return dx, dgamma, dbeta, ops.zeros_like(eps)
+
+    return _custom("LayerNormFwd", lambda x, gamma, beta, eps: (x, x[:-1], x[:-1]),
+                   lambda *dtypes: (float32, float32, float32), bprop)
+
+
+def use_native_ops(network):
+    """Switch every layer of ``network`` that can use these kernels to the native op, in place.
+
+    Export calls this: a MindIR file must hold only MindSpore's own operators."""
+    for _, cell in network.cells_and_names():
+        if hasattr(cell, "use_cpu_kernel"):
+            cell.use_cpu_kernel = False
+    return network
