@@ -12,6 +12,7 @@ import yaml
 
 from ..deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_thresholds_fit
 from ..fileio import staged_directory
+from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
 from .graphs import ExitGraph, exit_signature
 
@@ -39,6 +40,8 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     ``preprocess``: dict with img_size, resize, interpolation, mean, std (fractions of 255).
     ``thresholds``: a thresholds document from calibration (``dvt_ms.calibrate``), or None.
     ``precision``: a key of ``PRECISIONS``; other than float32 it converts ``model`` in place.
+    ``model`` is switched to MindSpore's native ops in place (no compiled CPU kernels, which the
+    deployment machine would not have), so the Cells and the exported graphs compute the same.
     The directory appears complete or not at all: everything is written to a temporary sibling
     that is renamed into place at the end."""
     if precision not in PRECISIONS:
@@ -51,6 +54,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     with staged_directory(out_dir, overwrite) as staging:
         if PRECISIONS[precision] is not None:
             ms.amp.auto_mixed_precision(model, "O2", PRECISIONS[precision])   # converts the stages in place
+        use_native_ops(model)
         model.set_train(False)
         flops = model_flops(config)
         exits = []
