@@ -1,12 +1,15 @@
 """Train-step time on this machine, with the losses read back every step (the loop before) and only
 at the logging cadence (the loop now), and how much of a step the host spends waiting.
 
-    python benchmarks/train_step.py [--families deit t2t] [--amp O0 O2] [--steps 40] [--log_every 10]
+    python benchmarks/train_step.py [--families demo deit t2t] [--amp O0 O2] [--kernels on off]
+                                    [--steps 40] [--log_every 10]
     python benchmarks/train_step.py --memory      # measured peak memory of a step vs the estimate
 
-The configs are configs/tiny_cpu.yaml (deit: 64 px, 4x4/6x6/8x8 tokens, D=64, 2 blocks, batch 32)
-and the same with the t2t tokenizers (model=dvt_t2t_vit_12, token_dim=16, grids 2/3/4), on a
-synthetic demo dataset written to a temporary folder. Each row times the same compiled step on
+The configs are configs/demo.yaml (demo: 64 px, 2x2/4x4/8x8 tokens, D=64, 3 blocks, batch 32),
+configs/tiny_cpu.yaml (deit: 64 px, 4x4/6x6/8x8 tokens, D=64, 2 blocks, batch 32) and the same
+with the t2t tokenizers (model=dvt_t2t_vit_12, token_dim=16, grids 2/3/4), on a synthetic demo
+dataset written to a temporary folder. ``--kernels off`` builds the model without the compiled
+CPU GELU/LayerNorm kernels (DVT_CPU_KERNELS=0). Each row times the same compiled step on
 the same batches: "every step" reads the exit losses and the applied flag back after every step
 (``asnumpy`` twice, as the training loop did), "at log cadence" reads the device-side monitor
 every ``--log_every`` steps. Columns: ms per step; the share of the wall time the host spends
@@ -26,6 +29,8 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_T2T = {"model": "dvt_t2t_vit_12", "patch_grids": None, "token_dim": 16}
+# family -> (config file, overrides)
+FAMILIES = {"demo": ("demo.yaml", {}), "deit": ("tiny_cpu.yaml", {}), "t2t": ("tiny_cpu.yaml", TINY_T2T)}
 # Memory probes: (name, overrides of configs/tiny_cpu.yaml); chosen so activations dominate.
 MEMORY_PROBES = [
     ("deit 64px grids 2/4/8 batch 8 (compilation alone)", {"patch_grids": [2, 4, 8], "batch_size": 8}),
@@ -37,11 +42,11 @@ MEMORY_PROBES = [
 ]
 
 
-def _config(data_dir, out_dir, amp_level, extra):
+def _config(data_dir, out_dir, amp_level, extra, config_file="tiny_cpu.yaml"):
     from dvt_ms.config import load_config
     overrides = {"data_dir": data_dir, "output_dir": out_dir, "amp_level": amp_level, "val_every_epochs": 0,
                  "save_every_epochs": 0, "progress_bar": "never", "num_classes": 8, **extra}
-    return load_config(os.path.join(REPO, "configs", "tiny_cpu.yaml"), overrides)
+    return load_config(os.path.join(REPO, "configs", config_file), overrides)
 
 
 def _batches(trainer, count):
@@ -78,12 +83,14 @@ def _run(trainer, steps, log_every, every_step):
     return time.perf_counter() - begin, read, call, fetch
 
 
-def time_config(family, amp_level, steps, log_every, repeats, data_dir, work):
+def time_config(family, amp_level, kernels, steps, log_every, repeats, data_dir, work):
     import mindspore as ms
     from dvt_ms.train.trainer import Trainer
     ms.set_context(mode=ms.GRAPH_MODE)
-    extra = TINY_T2T if family == "t2t" else {}
-    trainer = Trainer(_config(data_dir, os.path.join(work, f"{family}-{amp_level}"), amp_level, extra))
+    os.environ["DVT_CPU_KERNELS"] = "1" if kernels == "on" else "0"   # read when the model is built
+    config_file, extra = FAMILIES[family]
+    trainer = Trainer(_config(data_dir, os.path.join(work, f"{family}-{amp_level}-{kernels}"), amp_level, extra,
+                              config_file))
     trainer.train_step.set_train(True)
     _run(trainer, 3, log_every, every_step=True)   # compile and warm up
     results = {True: [], False: []}
@@ -93,7 +100,7 @@ def time_config(family, amp_level, steps, log_every, repeats, data_dir, work):
     rows = []
     for every_step, runs in results.items():
         total, read, call, fetch = (statistics.median(values) for values in zip(*runs))
-        rows.append({"family": family, "amp": amp_level, "readback": "every step" if every_step else
+        rows.append({"family": family, "amp": amp_level, "kernels": kernels, "readback": "every step" if every_step else
                      f"every {log_every} steps", "ms_per_step": 1e3 * total / steps, "wait": read / total,
                      "call": call / total, "data": fetch / total})
     return rows
@@ -137,8 +144,10 @@ def _write_data(root):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--families", nargs="+", default=["deit", "t2t"], choices=["deit", "t2t"])
+    parser.add_argument("--families", nargs="+", default=["demo", "deit", "t2t"], choices=sorted(FAMILIES))
     parser.add_argument("--amp", nargs="+", default=["O0", "O2"], choices=["O0", "O1", "O2", "O3"])
+    parser.add_argument("--kernels", nargs="+", default=["on"], choices=["on", "off"],
+                        help="compiled CPU GELU/LayerNorm kernels (off: DVT_CPU_KERNELS=0)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
     parser.add_argument("--log_every", type=int, default=10, help="the logging cadence (tiny_cpu.yaml: 10)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the median is reported")
@@ -165,21 +174,25 @@ def main(argv=None):
                 print(f"| {name} | {row['measured_gb']:.2f} | {row['estimated_activations_gb']:.2f} | "
                       f"{row['estimated_total_gb']:.2f} |")
             return 0
-        print("| family | amp | losses read back | ms/step | host waiting on reads | in the step call | "
+        print("| family | amp | kernels | losses read back | ms/step | host waiting on reads | in the step call | "
               "fetching data |")
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for family in args.families:
             for amp_level in args.amp:
-                try:
-                    rows = time_config(family, amp_level, args.steps, args.log_every, args.repeats, data_dir, work)
-                except Exception as error:  # e.g. a precision level that does not compile: say so, go on
-                    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    print(f"| {family} | {amp_level} | - | did not run: {first_line[:120]} | | | |")
-                    continue
-                for row in rows:
-                    print(f"| {row['family']} | {row['amp']} | {row['readback']} | {row['ms_per_step']:.1f} | "
-                          f"{100 * row['wait']:.1f}% | {100 * row['call']:.1f}% | {100 * row['data']:.1f}% |")
-                sys.stdout.flush()
+                for kernels in args.kernels:
+                    try:
+                        rows = time_config(family, amp_level, kernels, args.steps, args.log_every, args.repeats,
+                                           data_dir, work)
+                    except Exception as error:  # e.g. a precision level that does not compile: say so, go on
+                        text = str(error).strip()
+                        first_line = text.splitlines()[0] if text else type(error).__name__
+                        print(f"| {family} | {amp_level} | {kernels} | - | did not run: {first_line[:120]} | | | |")
+                        continue
+                    for row in rows:
+                        print(f"| {row['family']} | {row['amp']} | {row['kernels']} | {row['readback']} | "
+                              f"{row['ms_per_step']:.1f} | {100 * row['wait']:.1f}% | {100 * row['call']:.1f}% | "
+                              f"{100 * row['data']:.1f}% |")
+                    sys.stdout.flush()
     return 0
 
 
