@@ -36,7 +36,7 @@ def _positive_features(x, weights, halves, feature_norm):
     A plain function, not a Cell method: under mixed precision MindSpore casts a method's arguments
     to the cell's compute dtype, which would undo the caller's float32 cast."""
     projected = ops.matmul(x, weights.T)
-    half_sq_norm = ops.matmul(x * x, halves)
+    half_sq_norm = ops.matmul(x * x, ops.cast(halves, ms.float32))   # amp may have cast the constant
     return ops.exp(projected - half_sq_norm) * feature_norm
 
 
