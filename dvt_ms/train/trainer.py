@@ -6,11 +6,12 @@ smoothing / soft mixup targets), mindcv AdamW, warm-up + cosine schedule with co
 one compiled graph (``TrainStep``); under msrun every rank trains on its shard and gradients are
 averaged across ranks.
 """
+import dataclasses
 import logging
 import os
+import random
 
 import mindspore as ms
-import mindspore.dataset as ds
 import numpy as np
 import yaml
 from mindcv.loss import create_loss
@@ -19,9 +20,10 @@ from mindcv.scheduler import create_scheduler
 
 from ..checkpoint.weights import load_pretrained
 from ..config import model_overrides
-from ..data import epoch_indices, make_loader, open_dataset
+from ..data import (ImageCheck, SampleTracker, checked_batches, epoch_indices, epoch_loader, make_loader,
+                    open_training_data)
 from ..errors import CheckpointError, DataError, DVTError
-from ..models import create_model
+from ..models import build_config, create_model
 from .checkpoints import CheckpointManager, TrainingState, load_training_checkpoint
 from .progress import Progress
 from .runtime import gather_from_ranks, setup_runtime
@@ -39,10 +41,14 @@ class NonFiniteLossError(DVTError):
     exit_code = 1
 
 
-def _check_classes(data, num_classes):
-    if data.num_classes != num_classes:
-        raise DataError(f"{data.name} has {data.num_classes} classes but the config says num_classes="
-                        f"{num_classes}; set num_classes: {data.num_classes}")
+def _image_check(config, runtime):
+    """Rank 0 checks the images (cached in the run folder); the other ranks wait for its result."""
+    if not config.verify_images:
+        return ImageCheck(check=False)
+    token = None
+    if runtime.distributed:  # one random number for this start, rank 0's, so no rank reads a stale result
+        token = int(gather_from_ranks([random.SystemRandom().randrange(1, 1 << 24)])[0, 0])
+    return ImageCheck(os.path.join(config.output_dir, "image_check"), writer=runtime.is_main, token=token)
 
 
 def _learning_rates(config, steps_per_epoch):
@@ -72,13 +78,13 @@ class Trainer:
         self.runtime = runtime = setup_runtime(config)
         ms.set_seed(config.seed)  # the same on every rank: identical initial weights
 
-        self.train_data = open_dataset(config, config.train_split, config.num_workers)
-        self.val_data = open_dataset(config, config.val_split, config.num_workers) if config.val_every_epochs else None
+        num_classes = build_config(config.model, **model_overrides(config)).num_classes
+        self.train_data, self.val_data = open_training_data(config, num_classes, _image_check(config, runtime),
+                                                            write_records=runtime.is_main)
+        if self.train_data.class_names:  # recorded in the run's config.yaml for calibration and export
+            self.config = config = dataclasses.replace(config, class_names=tuple(self.train_data.class_names))
         self.model = create_model(config.model, **model_overrides(config))
         self.arch = self.model.config
-        _check_classes(self.train_data, self.arch.num_classes)
-        if self.val_data is not None:
-            _check_classes(self.val_data, self.arch.num_classes)
         self.steps_per_epoch = self.train_data.num_samples // runtime.world_size // config.batch_size
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.train_data.name} has {self.train_data.num_samples} images: fewer than one "
@@ -165,19 +171,18 @@ class Trainer:
     def _train_epoch(self):
         config, runtime, state = self.config, self.runtime, self.state
         batch_size = config.batch_size
-        # Same order on every rank (seeded by epoch), each rank its own slice; consumed batches left out.
+        # Same order on every rank (seeded by epoch), each rank its own slice.
         indices = epoch_indices(self.train_data.num_samples, state.epoch, config.seed, runtime.rank,
                                 runtime.world_size, shuffle=True)
-        indices = indices[state.step_in_epoch * batch_size:self.steps_per_epoch * batch_size]
-        # Augmentation (MindSpore ops) and mixup (numpy) randomness: reproducible, different per epoch and rank.
+        # Augmentation seed: reproducible, different per epoch and rank; a resume continues the epoch's pipeline.
         augmentation_seed = int(np.random.SeedSequence([config.seed, state.epoch, runtime.rank]).generate_state(1)[0])
-        ds.config.set_seed(augmentation_seed)
-        np.random.seed(augmentation_seed)
-        loader = make_loader(self.train_data, indices, config, self.arch.img_size, self.arch.num_classes,
-                             is_training=True, num_workers=config.num_workers)
+        loader, order, skip = epoch_loader(self.train_data, indices[:self.steps_per_epoch * batch_size],
+                                           state.step_in_epoch, config, self.arch.img_size, self.arch.num_classes,
+                                           augmentation_seed)
+        tracker = SampleTracker(self.train_data, order, f"epoch {state.epoch + 1}")
         self.train_step.set_train(True)
         self.progress.start_epoch(state.epoch, self.num_epochs, state.step_in_epoch, self.steps_per_epoch)
-        for images, labels in loader.create_tuple_iterator(num_epochs=1):
+        for images, labels, _ in checked_batches(loader, tracker, skip):
             losses, applied = self.train_step(images, labels)
             losses = losses.asnumpy()
             if not np.isfinite(losses).all():
@@ -195,6 +200,9 @@ class Trainer:
                 self._save()
             if state.global_step >= self.total_steps:
                 break
+        if tracker.replaced:
+            self.progress.record("replaced_images", epoch=state.epoch, rank=runtime.rank,
+                                 files=[self.train_data.describe(i) for i in tracker.replaced])
         self.progress.end_epoch()
 
     def _save(self, best=False):
@@ -240,7 +248,8 @@ class Trainer:
             loader = make_loader(self.val_data, indices, config, self.arch.img_size, self.arch.num_classes,
                                  is_training=False, num_workers=config.num_workers)
             self.network.set_train(False)
-            top1, top5 = evaluate(self.exit_hits, loader, runtime.distributed)
+            batches = checked_batches(loader, SampleTracker(self.val_data, indices, "validation"))
+            top1, top5 = evaluate(self.exit_hits, batches, runtime.distributed)
             self.progress.validation(epoch - 1, weights, top1, top5)
             return top1, top5
 
