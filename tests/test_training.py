@@ -88,7 +88,8 @@ def test_tiny_config_loss_falls(image_folder, tmp_path):
     assert len(validation["top1"]) == len(validation["top5"]) == 3
     assert validation["top1"][-1] > 50.0
     assert (tmp_path / "best.ckpt").is_file() and (tmp_path / "step_00000024.ckpt").is_file()
-    assert load_config(tmp_path / "config.yaml").epochs == 6  # the resolved config is a valid config
+    resolved = load_config(tmp_path / "config.yaml")  # the resolved config is a valid config
+    assert resolved.epochs == 6 and resolved.class_names == ("c0", "c1", "c2", "c3")  # labels recorded by name
     assert "lr" in result.stdout and "img/s" in result.stdout and "ETA" in result.stdout
 
 

@@ -18,7 +18,7 @@ import yaml
 from mindcv.data import create_dataset
 
 from ..errors import DataError
-from .folders import manifest_source
+from .folders import index_source, manifest_source
 from .holdout import run_holdout
 from .imagecheck import ImageCheck, verify_image
 
@@ -61,8 +61,7 @@ class DatasetSplit:
         dataset.use_sampler(ds.SubsetSampler([int(i) for i in indices]))
         if name == "cifar100":
             dataset = dataset.project(["image", "fine_label"]).rename(["fine_label"], ["label"])
-        index = ds.NumpySlicesDataset({"index": np.asarray(indices, np.int32)}, shuffle=False)
-        return ds.zip((dataset, index))
+        return ds.zip((dataset, index_source(indices)))
 
     def subset(self, indices):
         """The samples ``indices`` (in that order) of an image-folder split, as a split of its own."""
