@@ -20,7 +20,7 @@ from mindcv.data import create_dataset
 from ..errors import DataError
 from .folders import index_source, manifest_source
 from .holdout import run_holdout
-from .imagecheck import ImageCheck, verify_image
+from .imagecheck import ImageCheck, verify_images
 
 __all__ = ["CIFAR_CLASSES", "DatasetSplit", "epoch_indices", "open_dataset", "open_training_data"]
 
@@ -54,8 +54,7 @@ class DatasetSplit:
     def make_source(self, indices, num_workers):
         """MindSpore dataset of samples ``indices`` in that order; columns image, label, index."""
         if self.cifar is None:
-            paths = [os.path.join(self.root, rel) for rel in self.files]
-            return manifest_source(paths, self.labels, indices, self.num_classes, num_workers)
+            return manifest_source(self.root, self.files, self.labels, indices, self.num_classes, num_workers)
         name, root, split = self.cifar
         dataset = create_dataset(name, root=root, split=split, shuffle=False, num_parallel_workers=num_workers)
         dataset.use_sampler(ds.SubsetSampler([int(i) for i in indices]))
@@ -72,7 +71,7 @@ class DatasetSplit:
     def checked(self):
         """This image-folder split without the files that cannot be used, each named in a warning
         (for a few files, e.g. a calibration subset; whole splits go through ``ImageCheck``)."""
-        problems = [verify_image(os.path.join(self.root, rel)) for rel in self.files]
+        problems = verify_images([os.path.join(self.root, rel) for rel in self.files])
         return self.subset(_report_problems(self.root, self.files, problems))
 
 

@@ -91,17 +91,16 @@ def _heads(paths):
 
 
 class _PillowDecoded:
-    """Pipeline step on (image, index): the rows of ``via_pillow`` get their file decoded by Pillow
-    (RGB, as inference decodes) and re-encoded as BMP, lossless, for MindSpore's decoder."""
+    """Pipeline step on (image, index): the rows of ``via_pillow`` (index -> path) get their file
+    decoded by Pillow (RGB, as inference decodes) and re-encoded as BMP, lossless, for MindSpore."""
 
-    def __init__(self, paths, via_pillow):
-        self.paths = paths
+    def __init__(self, via_pillow):
         self.via_pillow = via_pillow
 
     def __call__(self, image, index):
-        if int(index) not in self.via_pillow:
+        path = self.via_pillow.get(int(index))
+        if path is None:
             return image, index
-        path = self.paths[int(index)]
         try:
             with Image.open(path) as decoded:
                 rgb = decoded.convert("RGB")
@@ -113,19 +112,19 @@ class _PillowDecoded:
         return np.frombuffer(encoded.getvalue(), np.uint8), index
 
 
-def manifest_source(paths, labels, indices, num_classes, num_workers):
+def manifest_source(root, files, labels, indices, num_classes, num_workers):
     """A MindSpore dataset with columns ``image`` (encoded bytes), ``label`` and ``index`` reading
-    ``paths[i]`` for i in ``indices``, in that order. Its manifest is deleted with the dataset."""
-    indices = np.asarray(indices, np.int64)
-    heads = _heads([paths[i] for i in indices])
-    placeholder, via_pillow = None, set()
+    ``root/files[i]`` for i in ``indices``, in that order. Its manifest is deleted with the dataset."""
+    indices = np.asarray(indices, np.int64).tolist()
+    paths = [os.path.join(root, files[i]) for i in indices]
+    placeholder, via_pillow = None, {}
     with _temporary(".manifest") as handle:
-        for i, head in zip(indices.tolist(), heads):
-            source = paths[i]
+        for i, path, head in zip(indices, paths, _heads(paths)):
+            source = path
             if not is_native(head):
                 placeholder = placeholder or _placeholder()
                 source = placeholder
-                via_pillow.add(i)
+                via_pillow[i] = path
             handle.write(f'{{"source": {json.dumps(source, ensure_ascii=False)}, "usage": "train", '
                          f'"annotation": [{{"name": "{labels[i]}"}}]}}\n')
     images = ds.ManifestDataset(handle.name, usage="train", shuffle=False, num_parallel_workers=num_workers,
@@ -133,6 +132,6 @@ def manifest_source(paths, labels, indices, num_classes, num_workers):
     weakref.finalize(images, os.remove, handle.name)
     source = ds.zip((images, index_source(indices)))
     if via_pillow:
-        source = source.map(_PillowDecoded(paths, via_pillow), input_columns=["image", "index"],
+        source = source.map(_PillowDecoded(via_pillow), input_columns=["image", "index"],
                             output_columns=["image", "index"], num_parallel_workers=num_workers)
     return source

@@ -25,7 +25,7 @@ from ..errors import DataError
 from ..fileio import atomic_write_text
 from ..imagefolder import IMAGE_EXTENSIONS, class_folders, image_entries
 
-__all__ = ["ImageCheck", "is_native", "list_split", "verify_image"]
+__all__ = ["ImageCheck", "is_native", "list_split", "verify_image", "verify_images"]
 
 _logger = logging.getLogger(__name__)
 
@@ -72,6 +72,16 @@ def verify_image(path):
         return f"{type(error).__name__}: {error}"
 
 
+def verify_images(paths, num_threads=None):
+    """``verify_image`` of every path, in order, on threads (Pillow decodes without the GIL)."""
+    with concurrent.futures.ThreadPoolExecutor(num_threads or _default_threads()) as pool:
+        return list(pool.map(verify_image, paths))
+
+
+def _default_threads():
+    return min(32, 4 * (os.cpu_count() or 1))
+
+
 def list_split(root):
     """``(class folder names, files)`` of the image-folder split ``root``; files are
     ``(relative path, size, mtime_ns)`` in listing order (class by class, then by name).
@@ -108,7 +118,7 @@ class ImageCheck:
         self.writer = writer
         self.token = token
         self.check = check
-        self.num_threads = num_threads or min(32, 4 * (os.cpu_count() or 1))
+        self.num_threads = num_threads or _default_threads()
 
     def _cache_path(self, root):
         root = os.path.abspath(root)
@@ -150,10 +160,9 @@ class ImageCheck:
             started = time.perf_counter()
             _logger.info("%s: checking %d of %d images (%d unchanged since an earlier check)", root, len(todo),
                          len(listed), len(listed) - len(todo))
-            paths = (os.path.join(root, listed[position][0]) for position in todo)
-            with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
-                for position, result in zip(todo, pool.map(verify_image, paths)):
-                    results[position] = result
+            paths = [os.path.join(root, listed[position][0]) for position in todo]
+            for position, result in zip(todo, verify_images(paths, self.num_threads)):
+                results[position] = result
             _logger.info("%s: checked %d images in %.1f s", root, len(todo), time.perf_counter() - started)
         else:
             _logger.info("%s: all %d images unchanged since an earlier check", root, len(listed))
