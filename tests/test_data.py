@@ -377,3 +377,17 @@ def test_mid_epoch_resume_with_random_augmentation_is_bit_identical(folders, tmp
     assert sorted(resumed) == [4, 5, 6, 7, 8]
     for step in resumed:
         assert resumed[step] == whole[step], f"step {step}"
+
+
+@pytest.mark.slow
+def test_with_more_workers_a_resumed_epoch_continues_with_the_same_batches(folders, tmp_path):
+    """Two workers (augmentation draws not reproducible): the resumed epoch starts at the first batch
+    not trained on; with deterministic transforms its steps equal the uninterrupted run's."""
+    settings = dict(epochs=2, save_every_steps=3, keep_checkpoints=5, num_workers=2)
+    Trainer(tiny_config(folders, tmp_path / "whole", **settings)).fit()
+    Trainer(tiny_config(folders, tmp_path / "resumed", resume=str(tmp_path / "whole" / "step_00000003.ckpt"),
+                        **settings)).fit()
+    whole, resumed = losses_by_step(tmp_path / "whole"), losses_by_step(tmp_path / "resumed")
+    assert sorted(resumed) == [4, 5, 6, 7, 8]
+    for step in resumed:
+        np.testing.assert_allclose(resumed[step], whole[step], rtol=1e-6, err_msg=f"step {step}")
