@@ -16,7 +16,10 @@ from ..imagefolder import class_folders
 
 
 def _class_names(config, num_classes):
-    """Class folder names of the training split, when it is an image folder with the right count."""
+    """The run's class names (recorded in its config.yaml by training), else the class folder names
+    of the training split when it is an image folder with the right count."""
+    if config.class_names:
+        return list(config.class_names)
     if config.dataset != "imagenet" or not config.data_dir:
         return None
     root = os.path.join(config.data_dir, config.train_split)
