@@ -273,7 +273,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_
 @pytest.mark.slow
 def test_losses_leave_the_device_only_at_the_log_cadence(image_folder, tmp_path, monkeypatch):
     """Every log line is the mean of the steps since the last one (the per-step losses of an
-    otherwise identical run), and between log lines nothing is read back from the device."""
+    otherwise identical run), and between log lines nothing is read back from the device (the
+    input pipeline's own index column, a host tensor, is read by data.batches for every batch)."""
     per_step_dir, cadence_dir = tmp_path / "every-step", tmp_path / "every-4"
     Trainer(tiny_config(image_folder, per_step_dir, epochs=2, log_every_steps=1)).fit()
     trainer = Trainer(tiny_config(image_folder, cadence_dir, epochs=2, log_every_steps=4))
@@ -281,7 +282,8 @@ def test_losses_leave_the_device_only_at_the_log_cadence(image_folder, tmp_path,
     real_asnumpy = ms.Tensor.asnumpy
 
     def recording_asnumpy(tensor):
-        read_at_steps.append(trainer.state.global_step)
+        if sys._getframe(1).f_globals["__name__"] != "dvt_ms.data.batches":
+            read_at_steps.append(trainer.state.global_step)
         return real_asnumpy(tensor)
 
     real_train_epoch = trainer._train_epoch
