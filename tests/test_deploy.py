@@ -144,11 +144,11 @@ def test_bad_image_is_skipped_and_reported(engine, image_folder, tmp_path):
     all_paths = paths[:3] + [str(bad)] + paths[3:]
     all_labels = np.concatenate([labels[:3], [0], labels[3:]])
     thresholds = engine.manifest["thresholds"]["exit_thresholds"]
-    records, summary = run_inference(engine, all_paths, all_labels, thresholds, batch_size=3)
+    records, summary = run_inference(engine, all_paths, all_labels, thresholds, batch_size=4)
     assert [s["path"] for s in summary["skipped"]] == [str(bad)]
     assert "truncated" in summary["skipped"][0]["error"].lower()
     assert [r["path"] for r in records] == paths
-    reference, _ = run_inference(engine, paths, labels, thresholds, batch_size=4, compare_all_exits=False)
+    reference, _ = run_inference(engine, paths, labels, thresholds, batch_size=2, compare_all_exits=False)
     assert [(r["exit"], r["class_index"]) for r in records] == [(r["exit"], r["class_index"]) for r in reference]
     assert summary["accuracy"] == pytest.approx(100 * np.mean([r["correct"] for r in records]))
     assert sum(summary["exit_shares"]) == pytest.approx(1.0)
@@ -168,7 +168,8 @@ def test_cli_writes_results_and_summary(exported, image_folder, tmp_path):
     assert lines[0].startswith("path,class_index,class,confidence,exit") and len(lines) == NUM_IMAGES + 1
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["predicted_speedup"] >= 1.0 and summary["measured_speedup"] > 0
-    assert summary["preprocess_ms_per_image"] > 0 and summary["end_to_end_images_per_second"] < summary["images_per_second"]
+    assert summary["preprocess_ms_per_image"] > 0
+    assert summary["end_to_end_images_per_second"] < summary["images_per_second"]
     assert "accuracy" in result.stdout and "latency_ms" not in summary
 
 

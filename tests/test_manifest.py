@@ -141,7 +141,8 @@ def test_damaged_mindir_is_named_with_its_path(exported, tmp_path, damage):
     mindir.chmod(0o644)
     data = mindir.read_bytes()
     mindir.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"")
-    with pytest.raises(ManifestError, match="^" + re.escape(f"{mindir}: cannot load this MindIR file (truncated or corrupt?)")):
+    message = f"{mindir}: cannot load this MindIR file (truncated or corrupt?)"
+    with pytest.raises(ManifestError, match="^" + re.escape(message)):
         EarlyExitEngine(str(target))
 
 
@@ -150,7 +151,8 @@ def test_mindir_of_another_exit_is_named_before_any_image(exported, tmp_path):
     (target / "exit2.mindir").chmod(0o644)
     shutil.copyfile(exported / "exit1.mindir", target / "exit2.mindir")
     engine = EarlyExitEngine(str(target))
-    with pytest.raises(ManifestError, match="^" + re.escape(f"{target / 'exit2.mindir'}: the graph does not take the inputs")):
+    message = f"{target / 'exit2.mindir'}: the graph does not take the inputs"
+    with pytest.raises(ManifestError, match="^" + re.escape(message)):
         engine.warm_up()
 
 

@@ -75,9 +75,9 @@ def _first_line(err):
 class EarlyExitEngine:
     """The exported exits of ``model_dir`` as GraphCells.
 
-    A batch smaller than ``max_batch`` (the end of a run) is padded up to the next bucket size
-    (``bucket_sizes``): each new input shape costs MindSpore a kernel resize (~0.2 s on CPU, more
-    for large models), so a handful of shapes, compiled once by ``warm_up``, beats a new shape at
+    The exits run at the bucket sizes (``bucket_sizes(max_batch)``) only, smaller batches padded
+    up to one: each new input shape costs MindSpore a recompilation (~0.2 s on CPU, seconds for
+    large models), so a handful of shapes, compiled once by ``warm_up``, beats a new shape at
     almost every call."""
 
     def __init__(self, model_dir, manifest=None, max_batch=32):
@@ -106,21 +106,24 @@ class EarlyExitEngine:
 
         A graph that does not take what the manifest says (another model's file, say) is a
         ManifestError naming its file."""
-        images = np.zeros((self.buckets[-1],) + self.image_shape, np.float32)
+        ms = self._ms
         for bucket in self.buckets:
-            self.every_exit(images[:bucket])
+            reused = ()
+            images = ms.Tensor(np.zeros((bucket,) + self.image_shape, np.float32))
+            for k in range(self.num_exits):
+                try:
+                    reused = tuple(self.call_exit(k, images, reused)[1:])
+                except (RuntimeError, TypeError, ValueError) as err:
+                    raise ManifestError(f"{self.files[k]}: the graph does not take the inputs manifest.yaml "
+                                        f"gives it ({len(reused) + 1} tensors, images {tuple(images.shape)}): "
+                                        f"{_first_line(err)}") from None
 
     def bucket(self, count):
         return next(b for b in self.buckets if b >= count)
 
     def call_exit(self, k, images, reused):
         """Exit ``k`` on ``images`` (a Tensor) and the previous exit's reuse tensors: its outputs."""
-        try:
-            return self.exits[k](images, *reused)
-        except (RuntimeError, TypeError, ValueError) as err:
-            raise ManifestError(f"{self.files[k]}: the graph does not take the inputs manifest.yaml gives it "
-                                f"({len(reused) + 1} tensors, images {tuple(images.shape)}): "
-                                f"{_first_line(err)}") from None
+        return self.exits[k](images, *reused)
 
     def every_exit(self, images):
         """Every exit on every image (no early exit): (K, B, C) logits of ``images`` (B, 3, S, S),
@@ -198,8 +201,8 @@ class EarlyExitRun:
         from mindspore import ops
         if len(exit_thresholds) != engine.num_exits:
             raise ValueError(f"{len(exit_thresholds)} thresholds for {engine.num_exits} exits")
-        if batch_size > engine.max_batch:
-            raise ValueError(f"batch size {batch_size} exceeds the engine's max_batch {engine.max_batch}")
+        if batch_size not in engine.buckets:
+            raise ValueError(f"batch size {batch_size} is not one of the engine's compiled sizes {engine.buckets}")
         self.engine = engine
         self.batch_size = batch_size
         self.thresholds = np.asarray(exit_thresholds, np.float32)

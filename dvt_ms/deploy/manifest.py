@@ -151,9 +151,10 @@ def _check_preprocess(fields, preprocess):
     img_size = fields.integer(preprocess["img_size"], "preprocess.img_size")
     crop_pct = fields.number(preprocess["crop_pct"], "preprocess.crop_pct", low=0.0, high=1.0, low_open=True)
     resize = fields.integer(preprocess["resize"], "preprocess.resize")
-    if resize != resize_for_crop(img_size, crop_pct):
+    expected = resize_for_crop(img_size, crop_pct)
+    if resize != expected:
         fields.fail("preprocess.resize", f"{resize} does not follow from img_size {img_size} and crop_pct {crop_pct} "
-                                         f"(resize = round(img_size / crop_pct) = {resize_for_crop(img_size, crop_pct)}); "
+                                         f"(resize = round(img_size / crop_pct) = {expected}); "
                                          "change crop_pct and resize together")
     if preprocess["interpolation"] not in INTERPOLATIONS:
         fields.fail("preprocess.interpolation",
