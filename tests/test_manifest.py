@@ -10,10 +10,11 @@ import yaml
 import dvt_ms
 from dvt_ms.deploy import __main__ as deploy_cli
 from dvt_ms.deploy.engine import EarlyExitEngine
-from dvt_ms.deploy.manifest import MANIFEST_NAME, load_manifest, load_thresholds
+from dvt_ms.deploy.manifest import MANIFEST_NAME, PRECISIONS, load_manifest, load_thresholds
 from dvt_ms.deploy.preprocess import resize_for_crop
 from dvt_ms.errors import ManifestError
 from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
+from dvt_ms.export.writer import PRECISIONS as EXPORT_PRECISIONS
 
 MODEL = "dvt_deit_small"
 TINY = dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3, img_size=32, patch_grids=[2, 4])
@@ -96,6 +97,8 @@ HAND_EDITS = {
                             "exits[1].inputs: after images it must take what the previous exit passes on"),
     "text budget cost": (_set(["thresholds", "budgets", 0, "calibration_gflops"], "cheap"),
                          "thresholds.budgets[0].calibration_gflops: expected a number, got 'cheap'"),
+    "precision float8": (_set(["precision"], "float8"),
+                         "precision: 'float8' is not one of float32, float16, bfloat16"),
     "another format": (_set(["format"], "dvt-ms-mindir/0"), "not a dvt-ms-mindir/1 manifest (format: dvt-ms-mindir/0)"),
 }
 
@@ -116,9 +119,12 @@ def test_manifest_that_is_not_yaml_names_the_line(exported, tmp_path):
         load_manifest(target)
 
 
-def test_exported_manifest_passes_its_own_checks(exported):
+def test_exported_manifest_passes_its_own_checks(exported, tmp_path):
     manifest = load_manifest(exported)
     assert manifest["num_exits"] == 2 and manifest["preprocess"]["resize"] == 37
+    assert manifest["precision"] == "float32" and PRECISIONS == tuple(EXPORT_PRECISIONS)
+    older = _copy_with(exported, tmp_path, _delete("precision"))     # written before precision existed
+    assert "precision" not in load_manifest(older)
 
 
 def test_thresholds_file_is_checked_field_by_field(exported, tmp_path):
