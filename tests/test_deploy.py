@@ -16,7 +16,7 @@ from dvt_ms.calibrate import search
 from dvt_ms.deploy.manifest import MANIFEST_NAME
 from dvt_ms.export.graphs import exit_signature
 from dvt_ms.export.writer import export_model
-from dvt_ms.deploy.engine import EarlyExitEngine
+from dvt_ms.deploy.engine import EarlyExitEngine, EarlyExitRun, bucket_sizes
 from dvt_ms.deploy.infer import collect_images, run_inference
 from dvt_ms.deploy.manifest import load_manifest
 from dvt_ms.deploy.preprocess import Preprocessor, resize_for_crop
@@ -128,6 +128,35 @@ def test_engine_equals_offline_simulation(exported, engine, image_folder, case):
         streamed_exits, streamed_predictions, _ = run.results()
         np.testing.assert_array_equal(streamed_exits, expected_exits)
         np.testing.assert_array_equal(streamed_predictions, expected_predictions)
+
+
+class _Buckets:
+    """What EarlyExitRun needs of an engine to decide its call sizes."""
+    num_exits = 2
+
+    def __init__(self, max_batch):
+        self.buckets = bucket_sizes(max_batch)
+
+    def bucket(self, count):
+        return next(b for b in self.buckets if b >= count)
+
+
+@pytest.mark.parametrize("max_batch", [32, 24, 1])
+def test_partial_batches_pad_at_most_a_quarter_of_a_call(max_batch):
+    engine = _Buckets(max_batch)
+    run = EarlyExitRun(engine, [0.5, -1e8], max_batch)
+    for waiting in range(1, 3 * max_batch):
+        calls, left = [], waiting
+        while left:
+            calls.append(run._call_size(left))
+            left -= calls[-1]
+        assert all(size >= 1 for size in calls) and sum(calls) == waiting
+        for size in calls:
+            padding = engine.bucket(size) - size
+            assert size <= max_batch and padding <= engine.bucket(size) // 4, (waiting, calls)
+        assert calls[:waiting // max_batch] == [max_batch] * (waiting // max_batch)   # full batches first
+    if max_batch == 32:   # 26 -> 32 pads 6 (<= 8); 10 -> 16 would pad 6 (> 4): 8, then 2
+        assert [run._call_size(n) for n in (26, 10, 5, 31)] == [26, 8, 4, 31]
 
 
 def test_every_exit_gives_the_cells_logits(exported, engine, image_folder):
