@@ -1,5 +1,6 @@
 """Export and early-exit inference: MindIR equals the Cells, the engine equals the offline
 simulation, and deployment runs without the training side."""
+import copy
 import json
 import os
 import subprocess
@@ -13,14 +14,12 @@ import yaml
 from mindspore import nn
 
 from dvt_ms.calibrate import search
-from dvt_ms.deploy.manifest import MANIFEST_NAME
-from dvt_ms.export.graphs import exit_signature
-from dvt_ms.export.writer import export_model
 from dvt_ms.deploy.engine import EarlyExitEngine, EarlyExitRun, bucket_sizes
 from dvt_ms.deploy.infer import collect_images, run_inference
-from dvt_ms.deploy.manifest import load_manifest
+from dvt_ms.deploy.manifest import MANIFEST_NAME, load_manifest
 from dvt_ms.deploy.preprocess import Preprocessor, resize_for_crop
-from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD
+from dvt_ms.export.graphs import exit_signature
+from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
 from helpers import GOLDEN_MODELS, converted_golden_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,6 +180,28 @@ def test_bad_image_is_skipped_and_reported(engine, image_folder, tmp_path):
     assert [(r["exit"], r["class_index"]) for r in records] == [(r["exit"], r["class_index"]) for r in reference]
     assert summary["accuracy"] == pytest.approx(100 * np.mean([r["correct"] for r in records]))
     assert sum(summary["exit_shares"]) == pytest.approx(1.0)
+
+
+def test_edited_normalisation_in_the_manifest_changes_the_answers(exported, engine, image_folder, tmp_path):
+    """The manifest's mean/std drive inference: edited, the confidences follow them exactly."""
+    _, model, out = exported
+    edited_dir = tmp_path / "edited"
+    edited_dir.mkdir()
+    for name in os.listdir(out):
+        (edited_dir / name).write_bytes((out / name).read_bytes())
+    manifest = yaml.safe_load((out / MANIFEST_NAME).read_text())
+    manifest["preprocess"].update(mean=[0.3, 0.3, 0.3], std=[0.4, 0.5, 0.6])
+    (edited_dir / MANIFEST_NAME).write_text(yaml.safe_dump(manifest))
+    edited_engine = copy.copy(engine)            # the same compiled graphs, the edited manifest
+    edited_engine.manifest = load_manifest(edited_dir)
+    paths, labels, _ = collect_images([str(image_folder)])
+    thresholds = [float(search.ALWAYS)] * 3                          # everything answered at exit 1
+    original, _ = run_inference(engine, paths, labels, thresholds, batch_size=4, compare_all_exits=False)
+    edited, _ = run_inference(edited_engine, paths, labels, thresholds, batch_size=4, compare_all_exits=False)
+    _, _, images = _preprocessed(edited_engine.manifest, image_folder)
+    expected = _offline(model, images)[0].max(axis=1)
+    np.testing.assert_allclose([r["confidence"] for r in edited], expected, atol=1e-5)
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(original, edited)) > 1e-3
 
 
 def _infer_cli(*args):
