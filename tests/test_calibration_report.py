@@ -10,7 +10,8 @@ import yaml
 from dvt_ms.calibrate import __main__ as calibrate_cli
 from dvt_ms.calibrate import search
 from dvt_ms.models.flops import model_flops
-from dvt_ms.deploy.preprocess import Preprocessor
+from dvt_ms.deploy.preprocess import Preprocessor, resize_for_crop
+from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD
 from helpers import GOLDEN_MODELS, converted_golden_model, golden_overrides
 
 NUM_CLASSES = 10
@@ -33,7 +34,8 @@ def test_report_of_a_converted_published_checkpoint(golden_dir, converted_dir, t
     flops = model_flops(model.config)
     assert [e["cumulative_gflops"] for e in per_exit] == [f["cumulative_gflops"] for f in flops]
     # independent path: the deployment preprocessing and the Cells, then plain accuracy
-    preprocess = Preprocessor({"img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic"})
+    preprocess = Preprocessor({"img_size": 224, "crop_pct": 0.875, "resize": resize_for_crop(224, 0.875),
+                               "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
     images = np.stack([preprocess(str(p)) for p in val_paths])
     probs = np.stack([search.softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
     expected_top1 = search.anytime_accuracy(probs, val_labels)
