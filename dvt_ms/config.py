@@ -24,7 +24,7 @@ __all__ = ["Option", "SCHEMA", "ALIASES", "TrainConfig", "load_config", "model_o
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str
-    kind: str              # bool | int | float | str | ints (list of ints) | pair (two floats)
+    kind: str              # bool | int | float | str | ints (list of ints) | strs (list of str) | pair (two floats)
     default: typing.Any
     doc: str
     section: str
@@ -53,7 +53,7 @@ _MODEL_DOCS = {
                  "(0 in the published recipe)",
     "drop_path_rate": "stochastic depth, linear over depth (published recipe: 0.1)",
 }
-_KIND_NAMES = {"ints": "list of int", "pair": "[float, float]"}
+_KIND_NAMES = {"ints": "list of int", "strs": "list of str", "pair": "[float, float]"}
 _FIELD_KINDS = {int: "int", float: "float", bool: "bool", tuple: "ints"}
 
 
@@ -76,8 +76,13 @@ SCHEMA = (
            "data", nullable=True),
     Option("train_split", "str", "train", "training split (folder name; CIFAR: train)", "data"),
     Option("val_split", "str", "val", "validation split (folder name; CIFAR: test)", "data"),
-    Option("verify_images", "bool", True, "check every image file on start and leave out unreadable "
-           "ones, naming each", "data"),
+    Option("class_names", "strs", None, "class names in label order; null = the sorted class folders of "
+           "train_split. Every split's folders map to labels by these names; training records the list in "
+           "the run's config.yaml", "data", nullable=True),
+    Option("verify_images", "bool", True, "decode every image once (results cached in output_dir/image_check, "
+           "shared by all ranks) and leave out unreadable ones, naming each", "data"),
+    Option("holdout_per_class", "int", 0, "images per class kept out of training (drawn by seed, recorded in "
+           "output_dir/holdout.json); calibration then uses exactly those", "data", minimum=0),
     Option("batch_size", "int", 64, "images per device per step", "data", minimum=1),
     Option("num_workers", "int", 4, "data pipeline workers per device", "data", minimum=1),
 
@@ -198,6 +203,13 @@ def _coerce(option, value):
                 isinstance(v, int) and not isinstance(v, bool) for v in value):
             return tuple(value)
         raise ValueError(f"must be a non-empty list of integers, got {_describe(value)}")
+    if kind == "strs":
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+            if len(set(value)) < len(value):
+                repeated = sorted({v for v in value if list(value).count(v) > 1})
+                raise ValueError(f"must not repeat a name, got {', '.join(repeated)} more than once")
+            return tuple(value)
+        raise ValueError(f"must be a non-empty list of non-empty strings, got {_describe(value)}")
     if kind == "pair":
         if isinstance(value, (list, tuple)) and len(value) == 2 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
@@ -286,6 +298,8 @@ def _cross_checks(values):
         for key in ("train_split", "val_split"):
             if values[key] not in ("train", "test"):
                 errors.append(f"{key} must be train or test for {values['dataset']}, got {values[key]!r}")
+    if values["holdout_per_class"] and values["dataset"] != "imagenet":
+        errors.append(f"holdout_per_class needs image folders (dataset: imagenet), got dataset {values['dataset']!r}")
     if values["mixup"] + values["cutmix"] > 0 and values["batch_size"] % 2:
         errors.append(f"batch_size must be even when mixup/cutmix is on (they pair images), "
                       f"got {values['batch_size']}")
@@ -299,9 +313,14 @@ def _cross_checks(values):
         errors.append(f"patch_grids is for deit models; the token grids of {values['model']} follow from img_size "
                       "(set patch_grids: null)")
     try:
-        build_config(values["model"], **model_overrides(values))
+        architecture = build_config(values["model"], **model_overrides(values))
     except (ValueError, TypeError) as error:
         errors.append(f"model {values['model']!r}: {error}")
+    else:
+        names = values["class_names"]
+        if names is not None and len(names) != architecture.num_classes:
+            errors.append(f"class_names has {len(names)} names but the model has num_classes "
+                          f"{architecture.num_classes}")
     return errors
 
 

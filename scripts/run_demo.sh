@@ -30,7 +30,7 @@ ckpt="$out/train/best.ckpt"
 
 step "3/6 evaluate every exit, calibrate thresholds on the held-out calib split"
 bash "$DVT_ROOT/scripts/run_eval.sh" "$config" --ckpt "$ckpt" --data "$data" --out "$out/eval" \
-  --calib_split calib --calib_size 100000 --overwrite "$@"
+  --calib_split calib --overwrite "$@"
 
 step "4/6 export one MindIR per exit"
 bash "$DVT_ROOT/scripts/run_export.sh" "$config" --ckpt "$ckpt" --out "$out/mindir" \

@@ -9,7 +9,7 @@
 # workers in total (default: this node only). Run the same command on every node with its own
 # --node_rank and the first node's --master_addr (rank 0 writes the checkpoints: resuming on
 # several nodes needs output_dir on a shared filesystem). key=value overrides any config key
-# (python -m dvt_ms.train --list-keys lists them). With more than one worker, msrun writes each
+# (python -m dvt_ms.train --list_keys lists them). With more than one worker, msrun writes each
 # worker's output to --log_dir/worker_<rank>.log (default msrun_logs/).
 # Ctrl-C or SIGTERM stops training after the current step with a checkpoint (a second one aborts);
 # continue with the same command and resume=auto. Exit code 130 (SIGINT) / 143 (SIGTERM).

@@ -1,5 +1,6 @@
 """run_eval's report on a converted published checkpoint (the golden one) and a small image folder."""
 import json
+import pathlib
 
 import numpy as np
 import mindspore as ms
@@ -9,10 +10,12 @@ import yaml
 from dvt_ms.calibrate import __main__ as calibrate_cli
 from dvt_ms.calibrate import search
 from dvt_ms.models.flops import model_flops
-from dvt_ms.deploy.preprocess import Preprocessor
+from dvt_ms.deploy.preprocess import Preprocessor, resize_for_crop
+from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD
 from helpers import GOLDEN_MODELS, converted_golden_model, golden_overrides
 
 NUM_CLASSES = 10
+REFERENCE = pathlib.Path(__file__).resolve().parent / "reference" / "deit_report.json"
 
 
 @pytest.mark.slow
@@ -31,7 +34,8 @@ def test_report_of_a_converted_published_checkpoint(golden_dir, converted_dir, t
     flops = model_flops(model.config)
     assert [e["cumulative_gflops"] for e in per_exit] == [f["cumulative_gflops"] for f in flops]
     # independent path: the deployment preprocessing and the Cells, then plain accuracy
-    preprocess = Preprocessor({"img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic"})
+    preprocess = Preprocessor({"img_size": 224, "crop_pct": 0.875, "resize": resize_for_crop(224, 0.875),
+                               "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
     images = np.stack([preprocess(str(p)) for p in val_paths])
     probs = np.stack([search.softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
     expected_top1 = search.anytime_accuracy(probs, val_labels)
@@ -48,3 +52,13 @@ def test_report_of_a_converted_published_checkpoint(golden_dir, converted_dir, t
     assert thresholds["model"] == GOLDEN_MODELS["deit"] and len(thresholds["exit_thresholds"]) == 3
     assert len(thresholds["budgets"]) == 59
     assert (out / "budget_curve.png").stat().st_size > 0 and "| budget |" in (out / "budget_curve.md").read_text()
+    assert thresholds["calibration"] == {"images": 15, "source": "training images (seen in training)"}
+
+    # the same report as the code that kept every exit's softmax wrote (tests/reference/README.md)
+    reference = json.loads(REFERENCE.read_text())
+    assert per_exit == reference["per_exit"]
+    assert len(rows) == len(reference["budget_curve"])
+    for row, expected in zip(rows, reference["budget_curve"]):
+        assert row["exit_thresholds"] == pytest.approx(expected["exit_thresholds"], rel=1e-6)
+        assert {key: value for key, value in row.items() if key != "exit_thresholds"} == \
+            {key: value for key, value in expected.items() if key != "exit_thresholds"}

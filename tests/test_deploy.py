@@ -1,8 +1,11 @@
-"""Export and early-exit inference: MindIR equals the Cells, the engine equals the offline simulation."""
+"""Export and early-exit inference: MindIR equals the Cells, the engine equals the offline
+simulation, and deployment runs without the training side."""
+import copy
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import mindspore as ms
@@ -11,18 +14,17 @@ import yaml
 from mindspore import nn
 
 from dvt_ms.calibrate import search
-from dvt_ms.deploy.manifest import MANIFEST_NAME
-from dvt_ms.export.graphs import exit_signature
-from dvt_ms.export.writer import export_model
-from dvt_ms.deploy.engine import EarlyExitEngine
+from dvt_ms.deploy.engine import EarlyExitEngine, EarlyExitRun, bucket_sizes
 from dvt_ms.deploy.infer import collect_images, run_inference
-from dvt_ms.deploy.manifest import load_manifest
-from dvt_ms.deploy.preprocess import Preprocessor
+from dvt_ms.deploy.manifest import MANIFEST_NAME, load_manifest
+from dvt_ms.deploy.preprocess import Preprocessor, resize_for_crop
+from dvt_ms.export.graphs import exit_signature
+from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
 from helpers import GOLDEN_MODELS, converted_golden_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREPROCESS = {"img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic",
-              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+PREPROCESS = {"img_size": 224, "crop_pct": 0.875, "resize": resize_for_crop(224, 0.875), "interpolation": "bicubic",
+              "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 NUM_IMAGES = 12
 
 
@@ -39,6 +41,13 @@ def exported(request, golden_dir, tmp_path_factory):
     export_model(model, out, GOLDEN_MODELS[family], PREPROCESS, class_names=[f"c{i}" for i in range(10)],
                  thresholds=thresholds)
     return family, model, out
+
+
+@pytest.fixture(scope="module")
+def engine(exported):
+    """The exported model's engine, shared by the tests of a family: every new batch shape costs a
+    compilation, and batches of at most 4 keep them few."""
+    return EarlyExitEngine(str(exported[2]), max_batch=4)
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +101,8 @@ def _midpoint_thresholds(probs):
 
 
 @pytest.mark.parametrize("case", ["calibrated", "all_at_exit_1", "none_before_last"])
-def test_engine_equals_offline_simulation(exported, image_folder, case):
+def test_engine_equals_offline_simulation(exported, engine, image_folder, case):
     family, model, out = exported
-    engine = EarlyExitEngine(str(out))
     _, _, images = _preprocessed(engine.manifest, image_folder)
     probs = _offline(model, images)
     thresholds = {"calibrated": _midpoint_thresholds(probs),
@@ -107,28 +115,93 @@ def test_engine_equals_offline_simulation(exported, image_folder, case):
     np.testing.assert_allclose(confidences, probs[exits, np.arange(len(exits))].max(axis=1), atol=1e-6)
     if case == "calibrated":
         assert len(set(exits.tolist())) > 1, "the thresholds should split the images across exits"
-    # batch of one: each image on its own takes the same exit with the same answer
-    for index in (0, len(images) - 1):
-        one_exit, one_prediction, _ = engine.classify(images[index:index + 1], thresholds)
-        assert (one_exit[0], one_prediction[0]) == (expected_exits[index], expected_predictions[index])
+    # images pushed in uneven groups, exits run in batches of 4 (queues fill across pushes) or
+    # one image at a time (streaming): the same exit and answer for every image
+    for batch_size in (4, 1):
+        run = engine.run(thresholds, batch_size)
+        for start, stop in ((0, 3), (3, 4), (4, 11), (11, len(images))):
+            run.push(images[start:stop])
+            if batch_size == 1:
+                assert run.answered == stop
+        run.finish()
+        streamed_exits, streamed_predictions, _ = run.results()
+        np.testing.assert_array_equal(streamed_exits, expected_exits)
+        np.testing.assert_array_equal(streamed_predictions, expected_predictions)
 
 
-def test_bad_image_is_skipped_and_reported(exported, image_folder, tmp_path):
-    _, _, out = exported
-    engine = EarlyExitEngine(str(out))
+class _Buckets:
+    """What EarlyExitRun needs of an engine to decide its call sizes."""
+    num_exits = 2
+
+    def __init__(self, max_batch):
+        self.buckets = bucket_sizes(max_batch)
+
+    def bucket(self, count):
+        return next(b for b in self.buckets if b >= count)
+
+
+@pytest.mark.parametrize("max_batch", [32, 24, 1])
+def test_partial_batches_pad_at_most_a_quarter_of_a_call(max_batch):
+    engine = _Buckets(max_batch)
+    run = EarlyExitRun(engine, [0.5, -1e8], max_batch)
+    for waiting in range(1, 3 * max_batch):
+        calls, left = [], waiting
+        while left:
+            calls.append(run._call_size(left))
+            left -= calls[-1]
+        assert all(size >= 1 for size in calls) and sum(calls) == waiting
+        for size in calls:
+            padding = engine.bucket(size) - size
+            assert size <= max_batch and padding <= engine.bucket(size) // 4, (waiting, calls)
+        assert calls[:waiting // max_batch] == [max_batch] * (waiting // max_batch)   # full batches first
+    if max_batch == 32:   # 26 -> 32 pads 6 (<= 8); 10 -> 16 would pad 6 (> 4): 8, then 2
+        assert [run._call_size(n) for n in (26, 10, 5, 31)] == [26, 8, 4, 31]
+
+
+def test_every_exit_gives_the_cells_logits(exported, engine, image_folder):
+    family, model, out = exported
+    _, _, images = _preprocessed(engine.manifest, image_folder)
+    expected = np.stack([t.asnumpy() for t in model(ms.Tensor(images))])
+    np.testing.assert_allclose(engine.every_exit(images), expected, atol=1e-4)      # in batches of 4
+
+
+def test_bad_image_is_skipped_and_reported(engine, image_folder, tmp_path):
     paths, labels, _ = collect_images([str(image_folder)])
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     all_paths = paths[:3] + [str(bad)] + paths[3:]
     all_labels = np.concatenate([labels[:3], [0], labels[3:]])
     thresholds = engine.manifest["thresholds"]["exit_thresholds"]
-    records, summary = run_inference(engine, all_paths, all_labels, thresholds, batch_size=5)
+    records, summary = run_inference(engine, all_paths, all_labels, thresholds, batch_size=4)
     assert [s["path"] for s in summary["skipped"]] == [str(bad)]
+    assert "truncated" in summary["skipped"][0]["error"].lower()
     assert [r["path"] for r in records] == paths
-    reference, _ = run_inference(engine, paths, labels, thresholds, batch_size=len(paths), compare_all_exits=False)
+    reference, _ = run_inference(engine, paths, labels, thresholds, batch_size=2, compare_all_exits=False)
     assert [(r["exit"], r["class_index"]) for r in records] == [(r["exit"], r["class_index"]) for r in reference]
     assert summary["accuracy"] == pytest.approx(100 * np.mean([r["correct"] for r in records]))
     assert sum(summary["exit_shares"]) == pytest.approx(1.0)
+
+
+def test_edited_normalisation_in_the_manifest_changes_the_answers(exported, engine, image_folder, tmp_path):
+    """The manifest's mean/std drive inference: edited, the confidences follow them exactly."""
+    _, model, out = exported
+    edited_dir = tmp_path / "edited"
+    edited_dir.mkdir()
+    for name in os.listdir(out):
+        (edited_dir / name).write_bytes((out / name).read_bytes())
+    manifest = yaml.safe_load((out / MANIFEST_NAME).read_text())
+    manifest["preprocess"].update(mean=[0.3, 0.3, 0.3], std=[0.4, 0.5, 0.6])
+    (edited_dir / MANIFEST_NAME).write_text(yaml.safe_dump(manifest))
+    edited_engine = copy.copy(engine)            # the same compiled graphs, the edited manifest
+    edited_engine.manifest = load_manifest(edited_dir)
+    paths, labels, _ = collect_images([str(image_folder)])
+    thresholds = [float(search.ALWAYS)] * 3                          # everything answered at exit 1
+    original, _ = run_inference(engine, paths, labels, thresholds, batch_size=4, compare_all_exits=False)
+    edited, _ = run_inference(edited_engine, paths, labels, thresholds, batch_size=4, compare_all_exits=False)
+    _, _, images = _preprocessed(edited_engine.manifest, image_folder)
+    expected = _offline(model, images)[0].max(axis=1)
+    np.testing.assert_allclose([r["confidence"] for r in edited], expected, atol=1e-5)
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(original, edited)) > 1e-3
 
 
 def _infer_cli(*args):
@@ -144,8 +217,59 @@ def test_cli_writes_results_and_summary(exported, image_folder, tmp_path):
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].startswith("path,class_index,class,confidence,exit") and len(lines) == NUM_IMAGES + 1
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert "measured_speedup" in summary and summary["predicted_speedup"] >= 1.0
-    assert "accuracy" in result.stdout
+    assert summary["predicted_speedup"] >= 1.0 and summary["measured_speedup"] > 0
+    assert summary["preprocess_ms_per_image"] > 0
+    assert summary["end_to_end_images_per_second"] < summary["images_per_second"]
+    assert "accuracy" in result.stdout and "latency_ms" not in summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exported", ["deit"], indirect=True)
+def test_cli_streaming_reports_latency_per_exit(exported, image_folder, tmp_path):
+    family, _, out = exported
+    result = _infer_cli("--model", out, image_folder, "--batch_size", "1", "--summary", tmp_path / "s.json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    latency = summary["latency_ms"]
+    assert 0 < latency["model"]["p50"] <= latency["model"]["p95"] < latency["end_to_end"]["p95"] + 1e-9
+    counts = [row["images"] for row in latency["per_exit"]]
+    assert sum(counts) == NUM_IMAGES and counts == [round(share * NUM_IMAGES) for share in summary["exit_shares"]]
+    assert all(row["p50"] <= row["p95"] for row in latency["per_exit"] if row["images"])
+    assert "latency per image (batch size 1)" in result.stdout
+
+
+# Run in a fresh interpreter where mindcv and every training-side part of dvt_ms cannot be imported.
+_WITHOUT_TRAINING_SIDE = textwrap.dedent("""
+    import importlib.abc, runpy, sys
+    BLOCKED = ("mindcv", "dvt_ms.models", "dvt_ms.data", "dvt_ms.train", "dvt_ms.config", "dvt_ms.checkpoint",
+               "dvt_ms.convert", "dvt_ms.export", "dvt_ms.demo")
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                raise ImportError(f"{name} is not installed here")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    sys.argv = ["run_infer.sh"] + sys.argv[1:]
+    runpy.run_module("dvt_ms.deploy", run_name="__main__", alter_sys=True)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exported", ["t2t"], indirect=True)
+def test_deployment_runs_without_mindcv_or_training_code(exported, image_folder, tmp_path):
+    family, _, out = exported
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TRAINING_SIDE, "--model", str(out), str(image_folder),
+                             "--out", str(tmp_path / "r.json"), "--batch_size", "4"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert len(records) == NUM_IMAGES and {r["exit"] for r in records} <= {1, 2, 3}
+    blocked = subprocess.run([sys.executable, "-c", _WITHOUT_TRAINING_SIDE.replace(
+        'runpy.run_module("dvt_ms.deploy", run_name="__main__", alter_sys=True)', "import mindcv")],
+        cwd=REPO, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "mindcv is not installed here" in blocked.stderr
 
 
 @pytest.mark.slow
@@ -162,17 +286,25 @@ def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
     broken_model = tmp_path / "broken_model"
     broken_model.mkdir()
     (broken_model / MANIFEST_NAME).write_text((out / MANIFEST_NAME).read_text())
+    truncated_model = tmp_path / "truncated_model"
+    truncated_model.mkdir()
+    for name in os.listdir(out):
+        data = (out / name).read_bytes()
+        (truncated_model / name).write_bytes(data[:len(data) // 3] if name == "exit3.mindir" else data)
     cases = {
         "has 2 exit_thresholds, the model has 3 exits": ("--model", out, "--thresholds", wrong_exits, image_folder),
+        f"{truncated_model / 'exit3.mindir'}: cannot load this MindIR file": ("--model", truncated_model, image_folder),
+        "--batch_size must be at least 1": ("--model", out, "--batch_size", "0", image_folder),
         "is for model 'dvt_t2t_vit_14'": ("--model", out, "--thresholds", wrong_model, image_folder),
         "no images found": ("--model", out, empty),
-        "MindIR file exit1.mindir named in manifest.yaml is missing": ("--model", broken_model, image_folder),
+        "MindIR file exit1.mindir named in manifest.yaml (exits[0].file) is missing": ("--model", broken_model,
+                                                                                     image_folder),
         "below the cheapest": ("--model", out, "--budget", "0.001", image_folder),
     }
     for message, args in cases.items():
         result = _infer_cli(*args, "--out", results)
         assert result.returncode == 2, (message, result.stderr)
-        assert message in result.stderr, (message, result.stderr)
+        assert message in result.stderr and result.stderr.count("\n") == 1, (message, result.stderr)
         assert not results.exists()
 
 

@@ -105,7 +105,7 @@ def test_float16_export_keeps_the_float32_islands(golden_dir, converted_dir, tmp
     the float16 Cells."""
     images = golden_images(golden_dir, family)
     model = stressed_golden_model(golden_dir, converted_dir, family)
-    preprocess = {"img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic",
+    preprocess = {"img_size": 224, "crop_pct": 0.875, "resize": 256, "interpolation": "bicubic",
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     manifest = export_model(model, tmp_path, GOLDEN_MODELS[family], preprocess, overwrite=True,
                             precision="float16")

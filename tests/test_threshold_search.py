@@ -182,6 +182,33 @@ def test_at_least_n_k_samples_exit_at_each_exit(golden):
                 assert np.count_nonzero(exits == k) >= math.floor(np.float32(600) * q[k])
 
 
+# ---------------------------------------------------------------- reduced scores
+
+def test_scores_reduced_per_batch_equal_the_kept_softmax():
+    """(confidence, prediction) taken batch by batch from logits are bit-identical to max/argmax of
+    the whole float32 softmax, ties included, and every function gives the same results on them."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(3, 300, 20)).astype(np.float32)
+    logits[:, ::7, 3] = logits[:, ::7, 11] = 4.0   # exact ties: the lower class index wins
+    probs = search.softmax(logits)
+    targets = rng.integers(0, 20, 300)
+    kept = search.exit_scores(probs)
+    reduced = search.concatenate_scores(search.exit_scores_from_logits(list(logits[:, start:start + 64]))
+                                        for start in range(0, 300, 64))
+    np.testing.assert_array_equal(_bits(reduced.confidence), _bits(kept.confidence))
+    np.testing.assert_array_equal(reduced.prediction, kept.prediction)
+    assert (reduced.prediction[:, ::7] == 3).all()
+    flops = [1.0, 2.0, 4.0]
+    for p in (1, 20, 59):
+        thresholds = find_thresholds(probs, exit_fractions(p, 3))
+        np.testing.assert_array_equal(_bits(find_thresholds(reduced, exit_fractions(p, 3))), _bits(thresholds))
+        assert evaluate(reduced, targets, flops, thresholds) == evaluate(probs, targets, flops, thresholds)
+    np.testing.assert_array_equal(anytime_accuracy(reduced, targets), anytime_accuracy(probs, targets))
+    np.testing.assert_array_equal(thresholds_for_budget(reduced, flops, 2.0), thresholds_for_budget(probs, flops, 2.0))
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 20\)"):
+        evaluate(reduced, targets + 20, flops, thresholds)
+
+
 # ---------------------------------------------------------------- evaluation
 
 def test_all_exit_last_when_earlier_thresholds_unreachable(golden):

@@ -1,9 +1,16 @@
 """Command line: evaluate every exit and calibrate early-exit thresholds.
 
-    python -m dvt_ms.calibrate CONFIG --ckpt X.ckpt --data DIR [--out REPORT] [--calib_size N] [key=value ...]
+    python -m dvt_ms.calibrate CONFIG --ckpt X.ckpt --data DIR [--out REPORT] [--calib_split S]
+                               [--calib_size N] [key=value ...]
 
-Runs every exit on a calibration split and on the validation split, applies the published
+Runs every exit on the calibration images and on the validation split, applies the published
 budgeted-batch threshold search and writes the report (see ``dvt_ms.calibrate.report``).
+
+Calibration images (--calib_split): "holdout" = the images the training run kept out of training
+(<output_dir>/holdout.json, written when it trained with holdout_per_class > 0; the default when it
+exists); otherwise the default is the training split, i.e. images the model was trained on (as the
+authors calibrate); any other name is that split of the dataset. --calib_size draws that many of
+them by the config's seed (default: 5000 of the training split, all of any other source).
 """
 import argparse
 import logging
@@ -13,34 +20,90 @@ import sys
 import numpy as np
 
 from .. import cli
-from . import search
-from .report import calibrate, write_report
-from .scores import exit_probabilities
 
 LOGGER = logging.getLogger(__name__)
 
+HOLDOUT = "holdout"
+_TRAINING_SPLIT_DEFAULT_SIZE = 5000
 
-def _loader(config, split, size, img_size):
-    """Eval-transformed batches of ``split``: all of it, or ``size`` images drawn by the config's seed."""
-    from ..data import make_loader, open_dataset
-    data = open_dataset(config, split, config.num_workers)
-    if size is None or size >= data.num_samples:
-        indices = np.arange(data.num_samples)
+
+def _run_class_names(config):
+    """The class names of the run: recorded in its config, else the training split's folders (as training)."""
+    from ..imagefolder import class_folders
+    if config.class_names:
+        return list(config.class_names), "class_names in the config"
+    if config.dataset == "imagenet":
+        root = os.path.join(config.data_dir, config.train_split)
+        if os.path.isdir(root):
+            return class_folders(root), "the training split"
+    return None, "the training split"
+
+
+def _calibration_split(config, args, class_names, reference):
+    """``(split, description)`` of the calibration images, chosen, checked and honestly described."""
+    from ..data import ImageCheck, open_dataset, read_holdout
+    from ..errors import ConfigError
+
+    record = read_holdout(config.output_dir) if config.dataset == "imagenet" else None
+    name = args.calib_split or (HOLDOUT if record is not None else config.train_split)
+    listing_only = ImageCheck(check=False)
+    if name == HOLDOUT:
+        if record is None:
+            raise ConfigError(f"--calib_split holdout: {os.path.join(config.output_dir, 'holdout.json')} does not "
+                              "exist; train with holdout_per_class > 0 (output_dir is the run's folder) or pass "
+                              "another --calib_split")
+        split = open_dataset(config, record["split"], record.get("class_names") or class_names, listing_only,
+                             reference=f"the run ({record['path']})")
+        position = {rel: i for i, rel in enumerate(split.files)}
+        missing = [rel for rel in record["files"] if rel not in position]
+        if missing:
+            LOGGER.warning("%d held-out images of %s no longer exist, e.g. %s", len(missing), record["path"],
+                           os.path.join(split.root, missing[0]))
+        split = split.subset([position[rel] for rel in record["files"] if rel in position])
+        source = f"held-out training images (never trained on; {record['path']})"
     else:
-        indices = np.sort(np.random.default_rng(config.seed).choice(data.num_samples, size, replace=False))
-    loader = make_loader(data, indices, config, img_size, data.num_classes, is_training=False,
+        split = open_dataset(config, name, class_names, listing_only, reference=reference)
+        if name != config.train_split:
+            source = f"images of split {name!r}"
+        elif record is not None:
+            source = (f"images of the training split ({len(record['files'])} of its images were held out, the "
+                      "others were seen in training)")
+        else:
+            source = "training images (seen in training)"
+    size = args.calib_size
+    if size is None and name == config.train_split:
+        size = _TRAINING_SPLIT_DEFAULT_SIZE
+    if size is not None and size > split.num_samples:
+        LOGGER.warning("--calib_size %d but there are only %d %s: calibrating on all %d", size, split.num_samples,
+                       source, split.num_samples)
+    if size is not None and size < split.num_samples:
+        split = split.subset(np.sort(np.random.default_rng(config.seed).choice(split.num_samples, size,
+                                                                               replace=False)))
+    if split.files is not None and config.verify_images:
+        split = split.checked()
+    return split, source
+
+
+def _scores(model, config, split, img_size, description):
+    from ..data import make_loader
+    from .scores import score_exits
+    order = np.arange(split.num_samples)
+    loader = make_loader(split, order, config, img_size, split.num_classes, is_training=False,
                          num_workers=config.num_workers)
-    return loader, data
+    return score_exits(model, loader, split, order, description)
 
 
 def _run(args):
     from ..checkpoint import load_model_weights
     from ..config import load_config, model_overrides
+    from ..data import ImageCheck, open_dataset
     from ..device import use_device
     from ..errors import ConfigError, DataError
     from ..fileio import prepare_staged_directory
     from ..models import create_model
     from ..models.flops import model_flops
+    from . import search
+    from .report import calibrate, write_report
 
     overrides = cli.parse_overrides(args.overrides)
     if args.data:
@@ -50,47 +113,57 @@ def _run(args):
         raise ConfigError("no dataset: pass --data DIR or set data_dir")
     out_dir = args.out or os.path.join(config.output_dir, "eval")
     prepare_staged_directory(out_dir, args.overwrite)   # before hours of evaluation, not after
+    class_names, reference = _run_class_names(config)
+    calib_data, source = _calibration_split(config, args, class_names, reference)
+    cache = os.path.join(config.output_dir, "image_check") if os.path.isdir(config.output_dir) else None
+    val_data = open_dataset(config, config.val_split, calib_data.class_names or class_names,
+                            ImageCheck(cache, check=config.verify_images), reference=reference)
     use_device(config.device_target)
     model = create_model(config.model, **model_overrides(config))
-    load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
-    img_size = model.config.img_size
-    calib_loader, calib_data = _loader(config, args.calib_split or config.train_split, args.calib_size, img_size)
-    val_loader, val_data = _loader(config, config.val_split, None, img_size)
     for data in (calib_data, val_data):
         if data.num_classes != model.config.num_classes:
             raise DataError(f"{data.name} has {data.num_classes} classes, the model {model.config.num_classes}")
-    calib_probs, calib_targets = exit_probabilities(model, calib_loader, "calibration")
-    val_probs, val_targets = exit_probabilities(model, val_loader, "validation")
+    load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
+    img_size = model.config.img_size
+    print(f"calibration: {calib_data.num_samples} {source}")
+    calib, calib_targets = _scores(model, config, calib_data, img_size, "calibration")
+    val, val_targets = _scores(model, config, val_data, img_size, "validation")
     flops = model_flops(model.config)
     cumulative = [f["cumulative_gflops"] for f in flops]
-    rows = calibrate(calib_probs, calib_targets, val_probs, val_targets, cumulative)
-    per_exit, thresholds = write_report(out_dir, config.model, flops,
-                                        search.anytime_accuracy(calib_probs, calib_targets),
-                                        search.anytime_accuracy(val_probs, val_targets), rows, args.overwrite)
+    rows = calibrate(calib, calib_targets, val, val_targets, cumulative)
+    per_exit, thresholds = write_report(out_dir, config.model, flops, search.anytime_accuracy(calib, calib_targets),
+                                        search.anytime_accuracy(val, val_targets), rows, args.overwrite,
+                                        calibration={"images": len(calib_targets), "source": source})
     for row in per_exit:
         print(f"exit {row['exit']}: top-1 {row['validation_top1']:.2f}% (calibration {row['calibration_top1']:.2f}%), "
               f"{row['cumulative_gflops']:.3f} GFLOPs")
     chosen = rows[thresholds["default_budget_index"] - 1]
-    print(f"default thresholds {['%.4g' % t for t in thresholds['exit_thresholds']]}: validation "
-          f"{chosen['validation_accuracy']:.2f}% at {chosen['validation_gflops']:.3f} GFLOPs per image")
+    print(f"default thresholds {['%.4g' % t for t in thresholds['exit_thresholds']]} (calibrated on "
+          f"{len(calib_targets)} {source}): validation {chosen['validation_accuracy']:.2f}% at "
+          f"{chosen['validation_gflops']:.3f} GFLOPs per image")
     print(f"report: {out_dir}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="run_eval.sh", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("config", help="YAML config (model and data keys are used)")
+    parser.add_argument("config", help="YAML config (model and data keys are used; the run's config.yaml "
+                        "carries its class names)")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")
     parser.add_argument("--data", help="dataset root (default: the config's data_dir)")
     parser.add_argument("--out", help="report directory (default: <output_dir>/eval)")
-    parser.add_argument("--calib_split", default=None, help="split the calibration images come from "
-                        "(default: the config's train_split)")
-    parser.add_argument("--calib_size", type=int, default=5000,
-                        help="images drawn from the calibration split (the authors used 50000)")
+    parser.add_argument("--calib_split", default=None, help="holdout (the run's held-out images), or the split "
+                        "the calibration images come from (default: holdout if the run has one, else the "
+                        "training split)")
+    parser.add_argument("--calib_size", type=int, default=None,
+                        help="images drawn from the calibration images (default: 5000 of the training split, "
+                        "all of any other; the authors used 50000 training images)")
     parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)   # key=value may follow the options
+    if args.calib_size is not None and args.calib_size < 1:
+        parser.error(f"--calib_size must be a positive number of images, got {args.calib_size}")
     cli.setup_logging()
     return cli.run(lambda: _run(args))
 

@@ -6,8 +6,10 @@ Written into a report directory all at once:
                       and GFLOPs on both splits and the share of images at each exit
   budget_curve.md     the same as a Markdown table
   budget_curve.png    validation accuracy vs GFLOPs, with each single exit as a point
-  thresholds.yaml     the table for deployment (run_export.sh / run_infer.sh --budget), and as
-                      default the setting with the best calibration accuracy
+  thresholds.yaml     the table for deployment (run_export.sh / run_infer.sh --budget), as default
+                      the setting with the best calibration accuracy, and which images calibrated it
+
+Calibration and validation come in as ``search.ExitScores`` (or softmax scores) with their labels.
 """
 import json
 import os
@@ -22,16 +24,16 @@ from . import search
 __all__ = ["calibrate", "default_setting", "write_report"]
 
 
-def calibrate(calib_probs, calib_targets, val_probs, val_targets, cumulative_gflops):
+def calibrate(calib, calib_targets, val, val_targets, cumulative_gflops):
     """The 59 published budgets: thresholds from calibration, scored on both splits."""
-    num_exits = calib_probs.shape[0]
+    num_exits = len(cumulative_gflops)
     rows = []
     for budget_index in search.BUDGET_INDICES:
         fractions = search.exit_fractions(budget_index, num_exits)
-        thresholds = search.find_thresholds(calib_probs, fractions)
-        calib_accuracy, calib_gflops = search.evaluate(calib_probs, calib_targets, cumulative_gflops, thresholds)
-        val_accuracy, val_gflops = search.evaluate(val_probs, val_targets, cumulative_gflops, thresholds)
-        exits, _ = search.assign_exits(val_probs, thresholds)
+        thresholds = search.find_thresholds(calib, fractions)
+        calib_accuracy, calib_gflops = search.evaluate(calib, calib_targets, cumulative_gflops, thresholds)
+        val_accuracy, val_gflops = search.evaluate(val, val_targets, cumulative_gflops, thresholds)
+        exits, _ = search.assign_exits(val, thresholds)
         shares = np.bincount(exits, minlength=num_exits) / len(exits)
         rows.append({"budget_index": int(budget_index), "exit_thresholds": [float(t) for t in thresholds],
                      "calibration_accuracy": float(calib_accuracy), "calibration_gflops": float(calib_gflops),
@@ -58,8 +60,11 @@ def default_setting(rows):
     return max(rows, key=lambda row: (row["calibration_accuracy"], -row["calibration_gflops"]))
 
 
-def write_report(out_dir, model_name, flops, calib, val, rows, overwrite=False):
-    """Write the report files (see the module docstring) into ``out_dir`` all at once."""
+def write_report(out_dir, model_name, flops, calib, val, rows, overwrite=False, calibration=None):
+    """Write the report files (see the module docstring) into ``out_dir`` all at once.
+
+    ``calib`` and ``val`` are each exit's top-1 (%); ``calibration`` (a mapping: images, source)
+    says what the thresholds were calibrated on."""
     num_exits = len(flops)
     cumulative = [f["cumulative_gflops"] for f in flops]
     per_exit = [{"exit": k + 1, "stage_gflops": flops[k]["stage_gflops"], "cumulative_gflops": cumulative[k],
@@ -68,6 +73,8 @@ def write_report(out_dir, model_name, flops, calib, val, rows, overwrite=False):
     thresholds = {"model": model_name, "num_exits": num_exits, "exit_gflops": cumulative,
                   "exit_thresholds": chosen["exit_thresholds"], "default_budget_index": chosen["budget_index"],
                   "budgets": rows}
+    if calibration is not None:
+        thresholds["calibration"] = dict(calibration)
     with staged_directory(out_dir, overwrite) as staging:
         def path(name):
             return os.path.join(staging, name)

@@ -2,7 +2,11 @@
 
 A K-exit cascade answers a sample at the first exit k whose confidence
 ``conf_k = max_c P[k, i, c]`` reaches that exit's threshold ``T_k``.  This
-module finds such thresholds and scores them:
+module finds such thresholds and scores them.  Everything here needs only each
+exit's confidence and prediction (argmax), so every function takes either the
+softmax scores P (K, N, C) or :class:`ExitScores` (two (K, N) arrays, reduced
+batch by batch with :func:`exit_scores_from_logits`: memory independent of the
+number of classes); both go through the same code.
 
 * :func:`exit_fractions` and :func:`find_thresholds` reproduce the published
   threshold search bit for bit: budget index p = 1..59 (:data:`BUDGET_INDICES`)
@@ -32,6 +36,7 @@ import numpy as np
 
 __all__ = [
     "BUDGET_INDICES", "NEVER", "ALWAYS", "softmax",
+    "ExitScores", "exit_scores", "exit_scores_from_logits", "concatenate_scores",
     "exit_fractions", "find_thresholds", "assign_exits", "evaluate",
     "anytime_accuracy", "budget_curve",
     "thresholds_for_budget", "thresholds_for_accuracy",
@@ -70,6 +75,24 @@ def softmax(logits):
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+class ExitScores:
+    """Every exit's confidence (max softmax score, float32) and prediction (argmax), shape (K, N) each.
+
+    ``num_classes`` (C, when known) lets targets be checked against the class count."""
+
+    __slots__ = ("confidence", "prediction", "num_classes")
+
+    def __init__(self, confidence, prediction, num_classes=None):
+        self.confidence = confidence
+        self.prediction = prediction
+        self.num_classes = num_classes
+
+    @property
+    def shape(self):
+        """(K, N, C) when the class count is known, else (K, N)."""
+        return self.confidence.shape + ((self.num_classes,) if self.num_classes is not None else ())
+
+
 def _check_probs(probs):
     """Return probs as float32 (K, N, C), or raise a ValueError saying why not."""
     arr = np.asarray(probs)
@@ -88,34 +111,87 @@ def _check_probs(probs):
     return arr
 
 
-def _check_targets(targets, probs):
-    _, n, c = probs.shape
+def exit_scores(probs):
+    """:class:`ExitScores` of softmax scores ``probs`` (K, N, C): max and argmax over the classes.
+
+    Class ties go to the lowest index, as torch.max and numpy.argmax do."""
+    probs = _check_probs(probs)
+    return ExitScores(probs.max(axis=2), probs.argmax(axis=2), probs.shape[2])
+
+
+def exit_scores_from_logits(logits):
+    """:class:`ExitScores` of one batch: ``logits`` is a sequence of K (B, C) arrays, one per exit.
+
+    Each exit's softmax is taken in float32 (:func:`softmax`) and reduced at once, so nothing of
+    size C outlives the batch; the result is bit-identical to :func:`exit_scores` of the stacked
+    softmax scores."""
+    confidence, prediction = [], []
+    for exit_logits in logits:
+        probs = softmax(exit_logits)
+        if probs.ndim != 2:
+            raise ValueError(f"each exit's logits must have shape (batch, classes), got {probs.shape}")
+        confidence.append(probs.max(axis=1))
+        prediction.append(probs.argmax(axis=1))
+    return ExitScores(np.stack(confidence), np.stack(prediction), probs.shape[1])
+
+
+def concatenate_scores(parts):
+    """The :class:`ExitScores` of several batches (or subsets) one after the other."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("no scores to concatenate")
+    classes = {part.num_classes for part in parts}
+    return ExitScores(np.concatenate([part.confidence for part in parts], axis=1),
+                      np.concatenate([part.prediction for part in parts], axis=1),
+                      classes.pop() if len(classes) == 1 else None)
+
+
+def _as_scores(scores):
+    """``scores`` (ExitScores, or softmax scores (K, N, C)) as checked ExitScores."""
+    if not isinstance(scores, ExitScores):
+        return exit_scores(scores)
+    confidence, prediction = np.asarray(scores.confidence), np.asarray(scores.prediction)
+    if confidence.ndim != 2 or min(confidence.shape) == 0 or prediction.shape != confidence.shape:
+        raise ValueError(f"ExitScores need confidence and prediction of one shape (exits K, samples N) "
+                         f"with no empty axis, got {confidence.shape} and {prediction.shape}")
+    if not np.issubdtype(confidence.dtype, np.floating) or not np.issubdtype(prediction.dtype, np.integer):
+        raise ValueError(f"ExitScores need float confidences and integer predictions, got "
+                         f"{confidence.dtype} and {prediction.dtype}")
+    confidence = confidence.astype(_F32, copy=False)
+    if not np.isfinite(confidence).all() or confidence.min() < 0 or confidence.max() > 1:
+        raise ValueError("ExitScores confidences must be probabilities in [0, 1]")
+    return ExitScores(confidence, prediction, scores.num_classes)
+
+
+def _check_targets(targets, scores):
+    n = scores.confidence.shape[1]
     arr = np.asarray(targets)
     if arr.shape != (n,):
-        raise ValueError(f"targets has shape {arr.shape} but probs has shape {probs.shape}; "
+        raise ValueError(f"targets has shape {arr.shape} but the scores have shape {scores.shape}; "
                          f"expected ({n},)")
     if not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"targets must be integer class labels, got dtype {arr.dtype}")
-    if arr.min() < 0 or arr.max() >= c:
-        raise ValueError(f"targets must lie in [0, {c}) for {c} classes, "
-                         f"got range [{arr.min()}, {arr.max()}]")
+    c = scores.num_classes
+    if arr.min() < 0 or (c is not None and arr.max() >= c):
+        bound = f"[0, {c}) for {c} classes" if c is not None else "[0, classes)"
+        raise ValueError(f"targets must lie in {bound}, got range [{arr.min()}, {arr.max()}]")
     return arr
 
 
-def _check_per_exit(values, probs, name):
-    """A real (K,) vector matching probs' number of exits."""
+def _check_per_exit(values, scores, name):
+    """A real (K,) vector matching the scores' number of exits."""
     arr = np.asarray(values)
-    k = probs.shape[0]
+    k = scores.confidence.shape[0]
     if arr.shape != (k,):
-        raise ValueError(f"{name} has shape {arr.shape} but probs has shape {probs.shape} "
+        raise ValueError(f"{name} has shape {arr.shape} but the scores have shape {scores.shape} "
                          f"(K = {k} exits); expected ({k},)")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"{name} must be real numbers, got dtype {arr.dtype}")
     return arr
 
 
-def _check_flops(flops, probs):
-    arr = _check_per_exit(flops, probs, "flops").astype(np.float64)
+def _check_flops(flops, scores):
+    arr = _check_per_exit(flops, scores, "flops").astype(np.float64)
     if not np.isfinite(arr).all() or (arr < 0).any():
         raise ValueError(f"flops must be finite and non-negative, got {arr.tolist()}")
     if (np.diff(arr) < 0).any():
@@ -124,16 +200,16 @@ def _check_flops(flops, probs):
     return arr
 
 
-def _check_thresholds(thresholds, probs):
+def _check_thresholds(thresholds, scores):
     # Stored thresholds are float32, like the published search's tensor.
-    arr = _check_per_exit(thresholds, probs, "thresholds").astype(_F32)
+    arr = _check_per_exit(thresholds, scores, "thresholds").astype(_F32)
     if np.isnan(arr).any():
         raise ValueError(f"thresholds must not be NaN, got {arr.tolist()}")
     return arr
 
 
-def _check_fractions(fractions, probs):
-    arr = _check_per_exit(fractions, probs, "exit_fractions").astype(_F32)
+def _check_fractions(fractions, scores):
+    arr = _check_per_exit(fractions, scores, "exit_fractions").astype(_F32)
     if not np.isfinite(arr).all() or (arr < 0).any():
         raise ValueError(f"exit_fractions must be finite and non-negative, got {arr.tolist()}")
     return arr
@@ -220,17 +296,18 @@ def _thresholds_from_counts(conf, orders, counts):
     return thresholds
 
 
-def find_thresholds(probs, exit_fractions):
+def find_thresholds(scores, exit_fractions):
     """The published thresholds (float32, shape (K,)) realising exit distribution q.
 
-    For k = 0..K-2, n_k = floor(N q_k); T_k is the conf_k of the n_k-th sample
-    (descending conf_k) among those not yet exited, or 1e8 when fewer remain
-    or n_k = 0; then every sample with conf_k >= T_k exits.  T_{K-1} = -1e8.
+    ``scores``: :class:`ExitScores` or softmax scores (K, N, C).  For k = 0..K-2,
+    n_k = floor(N q_k); T_k is the conf_k of the n_k-th sample (descending
+    conf_k) among those not yet exited, or 1e8 when fewer remain or n_k = 0;
+    then every sample with conf_k >= T_k exits.  T_{K-1} = -1e8.
     """
-    probs = _check_probs(probs)
-    fractions = _check_fractions(exit_fractions, probs)
-    conf = probs.max(axis=2)
-    counts = _exit_counts(fractions, probs.shape[1])
+    scores = _as_scores(scores)
+    fractions = _check_fractions(exit_fractions, scores)
+    conf = scores.confidence
+    counts = _exit_counts(fractions, conf.shape[1])
     return _thresholds_from_counts(conf, _descending_orders(conf), counts[None])[0]
 
 
@@ -250,17 +327,16 @@ def _exits_from_conf(conf, thresholds):
     return exits
 
 
-def assign_exits(probs, thresholds):
+def assign_exits(scores, thresholds):
     """Per-sample exit index (0-based, int64) and prediction (argmax at that exit).
 
     A sample exits at the first k with conf_k >= T_k, else at the last exit.
     Class ties go to the lowest index, as torch.max and numpy.argmax do.
     """
-    probs = _check_probs(probs)
-    thresholds = _check_thresholds(thresholds, probs)
-    exits = _exits_from_conf(probs.max(axis=2), thresholds)
-    samples = np.arange(probs.shape[1])
-    predictions = probs[exits, samples].argmax(axis=1)
+    scores = _as_scores(scores)
+    thresholds = _check_thresholds(thresholds, scores)
+    exits = _exits_from_conf(scores.confidence, thresholds)
+    predictions = scores.prediction[exits, np.arange(exits.shape[0])]
     return exits.astype(np.int64), predictions.astype(np.int64)
 
 
@@ -283,47 +359,47 @@ def _accuracy(correct_count, num_samples):
     return np.asarray(correct_count, dtype=np.float64) * 100.0 / num_samples
 
 
-def evaluate(probs, targets, flops, thresholds, *, published_arithmetic=True):
+def evaluate(scores, targets, flops, thresholds, *, published_arithmetic=True):
     """(top-1 accuracy in %, expected GFLOPs per image) of ``thresholds`` on a set.
 
     The expected cost is Σ_k (share exiting at k) · flops[k].  By default it is
     accumulated in float32 as the published code does, which reproduces its
     reported figures exactly; ``published_arithmetic=False`` uses float64.
     """
-    probs = _check_probs(probs)
-    targets = _check_targets(targets, probs)
-    flops = _check_flops(flops, probs)
-    exits, predictions = assign_exits(probs, thresholds)
-    num_samples = probs.shape[1]
-    counts = np.bincount(exits, minlength=probs.shape[0])
+    scores = _as_scores(scores)
+    targets = _check_targets(targets, scores)
+    flops = _check_flops(flops, scores)
+    exits, predictions = assign_exits(scores, thresholds)
+    num_exits, num_samples = scores.confidence.shape
+    counts = np.bincount(exits, minlength=num_exits)
     accuracy = float(_accuracy(np.count_nonzero(predictions == targets), num_samples))
     return accuracy, _expected_cost(counts, num_samples, flops, published_arithmetic)
 
 
-def anytime_accuracy(probs, targets):
+def anytime_accuracy(scores, targets):
     """Top-1 accuracy (%) of each exit on its own, shape (K,) float64."""
-    probs = _check_probs(probs)
-    targets = _check_targets(targets, probs)
-    correct = np.count_nonzero(probs.argmax(axis=2) == targets, axis=1)
-    return correct * 100.0 / probs.shape[1]
+    scores = _as_scores(scores)
+    targets = _check_targets(targets, scores)
+    correct = np.count_nonzero(scores.prediction == targets, axis=1)
+    return correct * 100.0 / scores.prediction.shape[1]
 
 
-def budget_curve(probs, targets, flops):
+def budget_curve(scores, targets, flops):
     """The published 59-budget curve: one dict per p in :data:`BUDGET_INDICES`.
 
     Keys: budget_index, exit_fractions (q, float32), thresholds (float32),
     accuracy (%), gflops (expected per image), exit_shares (share of samples
     answered at each exit, float64, sums to 1).
     """
-    probs = _check_probs(probs)
-    targets = _check_targets(targets, probs)
-    flops = _check_flops(flops, probs)
-    num_exits, num_samples, _ = probs.shape
+    scores = _as_scores(scores)
+    targets = _check_targets(targets, scores)
+    flops = _check_flops(flops, scores)
+    num_exits, num_samples = scores.confidence.shape
     curve = []
     for p in BUDGET_INDICES:
         q = exit_fractions(p, num_exits)
-        thresholds = find_thresholds(probs, q)
-        exits, predictions = assign_exits(probs, thresholds)
+        thresholds = find_thresholds(scores, q)
+        exits, predictions = assign_exits(scores, thresholds)
         counts = np.bincount(exits, minlength=num_exits)
         curve.append({
             "budget_index": p,
@@ -357,7 +433,7 @@ def _family_fractions(num_exits, num_samples):
     return np.concatenate([limits[:1], _geometric_fractions(ratios, num_exits), limits[1:]])
 
 
-def _family_candidates(probs, flops, targets=None):
+def _family_candidates(scores, flops, targets=None):
     """Distinct threshold vectors of the family with their cost, proxy and accuracy.
 
     Returns a dict of arrays over the M candidates, in family order (cheap end
@@ -365,9 +441,8 @@ def _family_candidates(probs, flops, targets=None):
     The proxy is the mean confidence at the exit, the model's own estimate of
     its accuracy, used when no labels are given.
     """
-    num_exits, num_samples, _ = probs.shape
-    conf = probs.max(axis=2)
-    predictions = probs.argmax(axis=2)
+    conf, predictions = scores.confidence, scores.prediction
+    num_exits, num_samples = conf.shape
     orders = _descending_orders(conf)
     counts = _exit_counts(_family_fractions(num_exits, num_samples), num_samples)
     # Thresholds depend on q only through the integer counts n_k (k < K-1),
@@ -402,20 +477,20 @@ def _check_target(value, name):
     return float(value)
 
 
-def thresholds_for_budget(probs, flops, target_gflops):
-    """Thresholds whose expected cost on ``probs`` is <= ``target_gflops``.
+def thresholds_for_budget(scores, flops, target_gflops):
+    """Thresholds whose expected cost on ``scores`` is <= ``target_gflops``.
 
     Among the geometric family (published q with continuous r, plus its
     limits) the feasible candidate with the highest mean confidence at exit
     wins (lower cost breaks ties).  A fixed candidate set means a larger
-    budget never yields a lower proxy.  Needs no labels, so ``probs`` may be
+    budget never yields a lower proxy.  Needs no labels, so ``scores`` may be
     any unlabelled calibration set.  Cost is measured as :func:`evaluate`
     reports it (published float32 arithmetic).
     """
-    probs = _check_probs(probs)
-    flops = _check_flops(flops, probs)
+    scores = _as_scores(scores)
+    flops = _check_flops(flops, scores)
     target = _check_target(target_gflops, "target_gflops")
-    family = _family_candidates(probs, flops)
+    family = _family_candidates(scores, flops)
     feasible = np.flatnonzero(family["gflops"] <= target)
     if feasible.size == 0:
         cheapest = family["gflops"].min()
@@ -427,20 +502,20 @@ def thresholds_for_budget(probs, flops, target_gflops):
     return family["thresholds"][feasible[ranked[0]]]
 
 
-def thresholds_for_accuracy(probs, targets, flops, target_accuracy):
+def thresholds_for_accuracy(scores, targets, flops, target_accuracy):
     """The cheapest thresholds of the family reaching ``target_accuracy`` (%).
 
-    Accuracy is measured on the labelled calibration set (``probs``,
+    Accuracy is measured on the labelled calibration set (``scores``,
     ``targets``); among candidates reaching the target the lowest expected
     cost wins (higher accuracy breaks ties).
     """
-    probs = _check_probs(probs)
-    targets = _check_targets(targets, probs)
-    flops = _check_flops(flops, probs)
+    scores = _as_scores(scores)
+    targets = _check_targets(targets, scores)
+    flops = _check_flops(flops, scores)
     target = _check_target(target_accuracy, "target_accuracy")
     if not 0.0 <= target <= 100.0:
         raise ValueError(f"target_accuracy is a percentage in [0, 100], got {target:g}")
-    family = _family_candidates(probs, flops, targets)
+    family = _family_candidates(scores, flops, targets)
     feasible = np.flatnonzero(family["accuracy"] >= target)
     if feasible.size == 0:
         top = np.lexsort((family["gflops"], -family["accuracy"]))[0]

@@ -1,7 +1,10 @@
 """Datasets, transforms and loaders for training and calibration, through mindcv's factories."""
-from .datasets import CIFAR_CLASSES, DatasetSplit, epoch_indices, open_dataset
-from .folders import ImageFolderSource, verify_image
-from .transforms import build_transforms, eval_transforms, make_loader
+from .batches import SampleTracker, checked_batches
+from .datasets import CIFAR_CLASSES, DatasetSplit, epoch_indices, open_dataset, open_training_data
+from .holdout import HOLDOUT_FILE, read_holdout, write_holdout
+from .imagecheck import ImageCheck, verify_image
+from .transforms import build_transforms, epoch_loader, eval_transforms, make_loader
 
-__all__ = ["CIFAR_CLASSES", "DatasetSplit", "ImageFolderSource", "build_transforms", "epoch_indices",
-           "eval_transforms", "make_loader", "open_dataset", "verify_image"]
+__all__ = ["CIFAR_CLASSES", "DatasetSplit", "HOLDOUT_FILE", "ImageCheck", "SampleTracker", "build_transforms",
+           "checked_batches", "epoch_indices", "epoch_loader", "eval_transforms", "make_loader",
+           "open_dataset", "open_training_data", "read_holdout", "verify_image", "write_holdout"]

@@ -1,115 +1,137 @@
-"""Image-folder datasets: every image found, checked, and named when it cannot be read.
+"""Image-folder samples as a native MindSpore source, read in C++ in exactly our order.
 
-Classes and images are listed by ``dvt_ms.imagefolder`` (the one rule everywhere). With
-``verify``, the folder is checked on start (PIL header check plus, for JPEG/PNG, the end-of-image
-marker that truncated files lack) and bad files are left out with a warning naming each; a file
-that goes bad later is checked the same way as it is read and replaced by the next image with a
-warning. Replacing rather than dropping keeps every rank's batch count equal.
+Each pipeline reads a list of files (one epoch of one rank, say) through ``ds.ManifestDataset``:
+the files and their labels are written to a manifest in that order, so MindSpore's reader needs
+no listing of its own and no sampler, and reads and decodes without the Python GIL. A second
+column, ``index``, carries each sample's index in its split through the pipeline, which is how
+replaced samples are found later (``batches.SampleTracker``).
+
+MindSpore's manifest reader silently drops files it does not recognise by their first bytes
+(WebP, TIFF, ...) and fails on files of a few bytes, either of which would shift the index column
+against the images. So the first bytes of every file are read here: JPEG, PNG and BMP files go to
+the manifest as they are; for any other file (or one that vanished or shrank) a placeholder takes
+its row, and a Python step puts the file's Pillow decode in its place (``_PillowDecoded``). The
+index column is read in C++ too (a CSV file), so no Python runs per sample for ordinary files.
 """
+import atexit
 import concurrent.futures
+import io
+import json
 import logging
 import os
+import shutil
+import tempfile
+import weakref
 
+import mindspore.dataset as ds
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
-from ..imagefolder import IMAGE_EXTENSIONS, class_folders, image_files
+from .imagecheck import is_native
 
-__all__ = ["ImageFolderSource", "verify_image"]
+__all__ = ["index_source", "manifest_source"]
 
 _logger = logging.getLogger(__name__)
 
-# format: (leading magic bytes, marker a complete file ends with). Some writers pad after the end
-# marker, so it is looked for in the last kilobyte rather than in the last bytes only.
-_COMPLETE_FILE_MARKERS = {"JPEG": (b"\xff\xd8", b"\xff\xd9"), "PNG": (b"\x89PNG", b"IEND")}
-_TAIL_BYTES = 1024
+_MANIFEST_DIR = None
+# First bytes are read by a few threads, a chunk of files each (fast on a local disk, where one
+# thread per file costs more than the reads, and on network storage, where latency dominates).
+_HEAD_THREADS = 8
+_HEAD_CHUNK = 1024
 
 
-def _truncation(head, tail):
-    """Why an encoded image whose first bytes are ``head`` and last kilobyte ``tail`` is incomplete, or None."""
-    if not head:
-        return "empty file"
-    for name, (magic, end_marker) in _COMPLETE_FILE_MARKERS.items():
-        if head.startswith(magic) and end_marker not in tail:
-            return f"truncated {name} (no end-of-image marker)"
-    return None
+def _manifest_dir():
+    """One private temporary folder per process for the manifests, removed at exit."""
+    global _MANIFEST_DIR
+    if _MANIFEST_DIR is None:
+        _MANIFEST_DIR = tempfile.mkdtemp(prefix="dvt-manifests-")
+        atexit.register(shutil.rmtree, _MANIFEST_DIR, ignore_errors=True)
+    return _MANIFEST_DIR
 
 
-def verify_image(path):
-    """None if ``path`` looks like a complete, readable image, else the reason it is not.
+def _placeholder():
+    """A valid 1x1 PNG that stands in the manifest for the files Pillow reads."""
+    path = os.path.join(_manifest_dir(), "placeholder.png")
+    if not os.path.exists(path):
+        Image.new("RGB", (1, 1)).save(path)
+    return path
 
-    Reads the header (PIL ``verify``) and the last kilobyte; a full decode is left to the pipeline.
-    """
+
+def _temporary(suffix):
+    return tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=suffix, dir=_manifest_dir(), delete=False)
+
+
+def index_source(indices):
+    """A MindSpore dataset of one int32 column ``index``: ``indices`` in order, read in C++ (a CSV
+    file deleted with the dataset), to zip beside a source of the same samples."""
+    with _temporary(".csv") as handle:
+        handle.write("\n".join(str(int(i)) for i in indices))
+        handle.write("\n")
+    source = ds.CSVDataset(handle.name, column_defaults=[0], column_names=["index"], shuffle=False,
+                           num_parallel_workers=1)
+    weakref.finalize(source, os.remove, handle.name)
+    return source
+
+
+def _head(path):
     try:
-        with Image.open(path) as image:
-            image.verify()
-        with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(max(0, os.path.getsize(path) - _TAIL_BYTES))
-            return _truncation(head, f.read())
-    except Exception as error:  # PIL raises many types for bad files; all mean "unreadable"
-        return f"{type(error).__name__}: {error}"
+        with open(path, "rb") as handle:
+            return handle.read(8)
+    except OSError:
+        return b""
 
 
-class ImageFolderSource:
-    """Random-access source over ``root/class/*.jpg`` yielding (encoded bytes, label).
+def _heads(paths):
+    """The first 8 bytes of each file (b"" for one that cannot be opened)."""
+    chunks = [paths[start:start + _HEAD_CHUNK] for start in range(0, len(paths), _HEAD_CHUNK)]
+    if len(chunks) <= 1:
+        return [_head(path) for path in paths]
+    with concurrent.futures.ThreadPoolExecutor(min(_HEAD_THREADS, len(chunks))) as pool:
+        return [head for chunk in pool.map(lambda chunk: [_head(path) for path in chunk], chunks) for head in chunk]
 
-    Classes are the sorted sub-folder names (label = position), files the sorted image files. A
-    missing folder, no class folders or an empty class folder is a ``DataError``. With ``verify``,
-    unreadable files are left out and each is named in a warning.
-    """
 
-    column_names = ["image", "label"]
+class _PillowDecoded:
+    """Pipeline step on (image, index): the rows of ``via_pillow`` (index -> path) get their file
+    decoded by Pillow (RGB, as inference decodes) and re-encoded as BMP, lossless, for MindSpore."""
 
-    def __init__(self, root, verify=True, num_threads=16):
-        if not os.path.isdir(root):
-            raise DataError(f"dataset folder {root} does not exist")
-        self.classes = class_folders(root)
-        if not self.classes:
-            raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
-        samples = []
-        for label, name in enumerate(self.classes):
-            folder = os.path.join(root, name)
-            files = image_files(folder)
-            if not files:
-                raise DataError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-            samples.extend((path, label) for path in files)
-        if verify:
-            samples = self._drop_unreadable(samples, root, num_threads)
-        self.samples = samples
+    def __init__(self, via_pillow):
+        self.via_pillow = via_pillow
 
-    @staticmethod
-    def _drop_unreadable(samples, root, num_threads):
-        with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-            problems = list(pool.map(verify_image, (path for path, _ in samples)))
-        kept = []
-        for (path, label), problem in zip(samples, problems):
-            if problem is None:
-                kept.append((path, label))
-            else:
-                _logger.warning("skipping unreadable image %s: %s", path, problem)
-        if len(kept) < len(samples):
-            _logger.warning("%s: left out %d of %d images", root, len(samples) - len(kept), len(samples))
-        if not kept:
-            raise DataError(f"{root}: no readable images")
-        return kept
+    def __call__(self, image, index):
+        path = self.via_pillow.get(int(index))
+        if path is None:
+            return image, index
+        try:
+            with Image.open(path) as decoded:
+                rgb = decoded.convert("RGB")
+        except Exception as error:  # Pillow raises many types for bad files; all mean "unreadable"
+            _logger.warning("image %s cannot be read: %s: %s", path, type(error).__name__, error)
+            raise
+        encoded = io.BytesIO()
+        rgb.save(encoded, format="BMP")
+        return np.frombuffer(encoded.getvalue(), np.uint8), index
 
-    def __len__(self):
-        return len(self.samples)
 
-    def __getitem__(self, index):
-        # A file that cannot be read or is visibly cut off is named and replaced by the next one, so
-        # every rank still yields the same number of samples.
-        for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-                problem = _truncation(data[:8], data[-_TAIL_BYTES:])
-            except OSError as error:
-                problem = error.strerror or str(error)
-            if problem is None:
-                return np.frombuffer(data, dtype=np.uint8), np.int32(label)
-            _logger.warning("skipping unreadable image %s: %s; the next image takes its place", path, problem)
-        raise DataError("no image of the dataset can be read")
+def manifest_source(root, files, labels, indices, num_classes, num_workers):
+    """A MindSpore dataset with columns ``image`` (encoded bytes), ``label`` and ``index`` reading
+    ``root/files[i]`` for i in ``indices``, in that order. Its manifest is deleted with the dataset."""
+    indices = np.asarray(indices, np.int64).tolist()
+    paths = [os.path.join(root, files[i]) for i in indices]
+    placeholder, via_pillow = None, {}
+    with _temporary(".manifest") as handle:
+        for i, path, head in zip(indices, paths, _heads(paths)):
+            source = path
+            if not is_native(head):
+                placeholder = placeholder or _placeholder()
+                source = placeholder
+                via_pillow[i] = path
+            handle.write(f'{{"source": {json.dumps(source, ensure_ascii=False)}, "usage": "train", '
+                         f'"annotation": [{{"name": "{labels[i]}"}}]}}\n')
+    images = ds.ManifestDataset(handle.name, usage="train", shuffle=False, num_parallel_workers=num_workers,
+                                class_indexing={str(label): label for label in range(num_classes)})
+    weakref.finalize(images, os.remove, handle.name)
+    source = ds.zip((images, index_source(indices)))
+    if via_pillow:
+        source = source.map(_PillowDecoded(via_pillow), input_columns=["image", "index"],
+                            output_columns=["image", "index"], num_parallel_workers=num_workers)
+    return source

@@ -2,14 +2,15 @@
 
 Training: RandomResizedCrop, flip, RandAugment, random erasing (mindcv ``create_transforms``),
 batching plus mixup/cutmix (``create_loader``). Evaluation: resize round(img_size / crop_pct),
-center crop, normalise. Whatever still fails to decode is replaced by another sample by MindSpore
-(ErrorSamplesMode.REPLACE, logged by MindSpore).
+center crop, normalise. A sample whose reading, decoding or transforms fail is replaced by another
+one (ErrorSamplesMode.REPLACE) and named by ``batches.SampleTracker``.
 """
 import mindspore.dataset as ds
+import numpy as np
 from mindcv.data import create_loader, create_transforms
 from mindspore.dataset import vision
 
-__all__ = ["build_transforms", "eval_transforms", "make_loader"]
+__all__ = ["build_transforms", "epoch_loader", "eval_transforms", "make_loader"]
 
 
 def _for_decoded_images(transforms):
@@ -46,7 +47,8 @@ def eval_transforms(img_size, crop_pct, interpolation):
 
 
 def make_loader(data, indices, config, img_size, num_classes, is_training, num_workers):
-    """Batched pipeline over ``indices`` of ``data`` (mindcv ``create_loader``).
+    """Batched pipeline over samples ``indices`` of ``data`` in that order (mindcv ``create_loader``);
+    columns image, label, index (see ``batches.checked_batches``).
 
     Training drops the last partial batch (every rank runs the same number of steps) and applies
     mixup/cutmix, which turns labels into soft targets.
@@ -56,8 +58,29 @@ def make_loader(data, indices, config, img_size, num_classes, is_training, num_w
     # RandAugment is Python code: worker processes keep it from serialising on the GIL.
     python_ops = is_training and config.auto_augment is not None and num_workers > 1
     return create_loader(
-        data.make_source(indices), batch_size=config.batch_size, drop_remainder=is_training,
+        data.make_source(indices, num_workers), batch_size=config.batch_size, drop_remainder=is_training,
         is_training=is_training, mixup=config.mixup if is_training else 0.0,
         cutmix=config.cutmix if is_training else 0.0, cutmix_prob=config.cutmix_prob,
         num_classes=num_classes, transform=transforms, num_parallel_workers=num_workers,
         python_multiprocessing=python_ops)
+
+
+def epoch_loader(data, order, consumed_batches, config, img_size, num_classes, seed):
+    """``(loader, order it reads, batches to skip)`` for a training epoch over ``order`` of which
+    ``consumed_batches`` were trained on before a resume; augmentation is seeded with ``seed``.
+
+    With one worker MindSpore's random ops draw in a fixed order, so the epoch's pipeline is
+    replayed from its start and the consumed batches are read but skipped: the batches after a
+    resume are bit-identical to an uninterrupted run's. With more workers the draws follow thread
+    timing (not reproducible even without a resume), so the pipeline starts at the first batch not
+    trained on, with the same seed: the same samples in the same batches, fresh augmentation draws.
+    """
+    # Augmentation (MindSpore ops, Python ops) and mixup (numpy) randomness.
+    ds.config.set_seed(seed)
+    np.random.seed(seed)
+    replay = config.num_workers == 1
+    start = 0 if replay else consumed_batches * config.batch_size
+    order = np.asarray(order)[start:]
+    loader = make_loader(data, order, config, img_size, num_classes, is_training=True,
+                         num_workers=config.num_workers)
+    return loader, order, consumed_batches if replay else 0

@@ -17,6 +17,7 @@ import sys
 from PIL import Image
 
 from .. import cli
+from ..errors import InferenceError
 from ..fileio import atomic_write_text
 from ..plots import image_grid
 
@@ -27,8 +28,13 @@ GRID_IMAGES_PER_EXIT = 8
 
 
 def _read_json(path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as err:
+        raise InferenceError(f"cannot read {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise InferenceError(f"{path} is not JSON: {err}") from None
 
 
 def _budget_rows(runs, last_exit_accuracy):
@@ -113,15 +119,22 @@ def main(argv=None):
     summary.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     cli.setup_logging(timestamps=False)
+    return cli.run(lambda: _run(args))
+
+
+def _run(args):
     if args.command == "budgets":
         print(" ".join(f"{b:.6f}" for b in demo_budgets(args.eval)))
-        return 0
+        return
     runs = []
     for item in args.infer:
-        budget, results, summary_path = item.split(":")
-        runs.append({"budget": float(budget), "records": _read_json(results), "summary": _read_json(summary_path)})
+        try:
+            budget, results, summary_path = item.split(":")
+            budget = float(budget)
+        except ValueError:
+            raise InferenceError(f"--infer {item!r}: expected BUDGET:RESULTS.json:SUMMARY.json") from None
+        runs.append({"budget": budget, "records": _read_json(results), "summary": _read_json(summary_path)})
     print(summarize(args.eval, runs, args.out))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
 """Deployment: the manifest contract, preprocessing and the early-exit engine on exported MindIR.
 
-Runs without the model code (``dvt_ms.models``) and without the training stack."""
+Needs MindSpore, numpy, Pillow and PyYAML only: nothing of the model code, training, the data
+pipeline or mindcv is imported (docs/deployment.md)."""

@@ -1,6 +1,9 @@
 """Command line: early-exit inference on an exported model directory (no model code needed).
 
     python -m dvt_ms.deploy --model DIR [--thresholds T.yaml | --budget GFLOPS] IMAGE_OR_FOLDER ... [--out FILE]
+
+Needs MindSpore, numpy, Pillow and PyYAML only: the exported graphs and manifest.yaml say
+everything (the model code, mindcv and the training stack are never imported).
 """
 import argparse
 import json
@@ -32,6 +35,8 @@ def _exit_thresholds(args, manifest):
 
 
 def _run(args):
+    if args.batch_size < 1:
+        raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
     check_output_file(args.out, args.summary)
     manifest = load_manifest(args.model)
     exit_thresholds = _exit_thresholds(args, manifest)
@@ -62,7 +67,8 @@ def main(argv=None):
     parser.add_argument("inputs", nargs="+", help="images and/or folders (class subfolders give accuracy)")
     parser.add_argument("--out", help="per-image results, .csv or .json")
     parser.add_argument("--summary", help="write the summary as JSON here")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="images per exit call; 1 = streaming, with latency percentiles in the summary")
     parser.add_argument("--no_compare", action="store_true", help="skip the all-exits pass that measures speedup")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     args = parser.parse_args(argv)

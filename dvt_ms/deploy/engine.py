@@ -1,13 +1,26 @@
-"""The early-exit engine: the exported exits as GraphCells, run with real early exit."""
+"""The early-exit engine: the exported exits as GraphCells, run with real early exit.
+
+An ``EarlyExitRun`` takes images as they come (``push``) and keeps a queue in front of every exit.
+Exit k runs whenever its queue holds a full batch; the images whose confidence reaches exit k's
+threshold are answered, the others join exit k+1's queue with their reuse tensors (gathered on the
+device). So every exit runs full batches, whatever share of the images reaches it, and ``finish``
+runs what is left. With a batch size of 1 every image goes through at once (streaming).
+
+The exit rule is the calibration's (``dvt_ms.calibrate.search``: float32 softmax on the host,
+``confidence >= threshold``), so the engine and the offline evaluation agree image by image.
+"""
+import contextlib
 import os
+import sys
+import tempfile
 
 import numpy as np
 
-# The exit rule is the calibration's (numpy only), so the engine and calibration agree exactly.
-from ..calibrate.search import NEVER, softmax
+from ..calibrate.search import softmax
+from ..errors import ManifestError
 from .manifest import load_manifest
 
-__all__ = ["bucket_sizes", "EarlyExitEngine"]
+__all__ = ["bucket_sizes", "EarlyExitEngine", "EarlyExitRun"]
 
 
 def bucket_sizes(max_batch):
@@ -19,64 +32,240 @@ def bucket_sizes(max_batch):
     return sizes + [max_batch]
 
 
-class EarlyExitEngine:
-    """The exported exits as GraphCells, run with real early exit.
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Capture what is written to file descriptor 2 (MindSpore's C++ log) while the block runs;
+    the text is in the yielded list afterwards.
 
-    Batches are padded up to the next bucket size (a power of two) at every exit:
-    each new input shape costs MindSpore a kernel resize (~0.2 s on CPU), so a handful of fixed
-    shapes, compiled once by ``warm_up``, beats a different shape at every call."""
+    MindSpore's loader logs a failure in lines of its own before raising; captured, a bad file
+    ends the command with one line that names it."""
+    sys.stderr.flush()
+    captured, saved = [], os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            captured.append(capture.read().decode(errors="replace"))
+
+
+def _load_graph(path):
+    """``path`` as a GraphCell, or a ManifestError naming it when it is no MindIR MindSpore can load."""
+    import mindspore as ms
+    from mindspore import nn
+    with _native_stderr_captured() as log:
+        try:
+            graph = ms.load(path)
+        except (RuntimeError, ValueError) as err:
+            graph, failure = None, _first_line(err)
+    if graph is None:
+        raise ManifestError(f"{path}: cannot load this MindIR file (truncated or corrupt?): {failure}")
+    sys.stderr.write("".join(log))      # what loading a good file logs is passed on
+    return nn.GraphCell(graph)
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class EarlyExitEngine:
+    """The exported exits of ``model_dir`` as GraphCells.
+
+    The exits run at the bucket sizes (``bucket_sizes(max_batch)``) only, smaller batches padded
+    up to one: each new input shape costs MindSpore a recompilation (~0.2 s on CPU, seconds for
+    large models), so a handful of shapes, compiled once by ``warm_up``, beats a new shape at
+    almost every call."""
 
     def __init__(self, model_dir, manifest=None, max_batch=32):
         import mindspore as ms
-        from mindspore import nn
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._ms = ms
         self.manifest = manifest or load_manifest(model_dir)
-        self.exits = [nn.GraphCell(ms.load(os.path.join(model_dir, info["file"])))
-                      for info in self.manifest["exits"]]
+        self.files = [os.path.join(model_dir, info["file"]) for info in self.manifest["exits"]]
+        self.exits = [_load_graph(path) for path in self.files]
         self.cumulative_gflops = [info["cumulative_gflops"] for info in self.manifest["exits"]]
+        self.max_batch = max_batch
         self.buckets = bucket_sizes(max_batch)
 
     @property
     def num_exits(self):
         return len(self.exits)
 
-    def warm_up(self):
-        """Run every exit once at every bucket size, so that timing excludes compilation."""
+    @property
+    def image_shape(self):
         size = self.manifest["preprocess"]["img_size"]
-        images = np.zeros((self.buckets[-1], 3, size, size), np.float32)
-        for bucket in self.buckets:
-            self.classify(images[:bucket], [float(NEVER)] * self.num_exits)
+        return (3, size, size)
 
-    def _bucket(self, count):
-        return next((b for b in self.buckets if b >= count), count)
+    def warm_up(self):
+        """Run every exit once at every bucket size, so that timing excludes compilation.
+
+        A graph that does not take what the manifest says (another model's file, say) is a
+        ManifestError naming its file."""
+        ms = self._ms
+        for bucket in self.buckets:
+            reused = ()
+            images = ms.Tensor(np.zeros((bucket,) + self.image_shape, np.float32))
+            for k in range(self.num_exits):
+                try:
+                    reused = tuple(self.call_exit(k, images, reused)[1:])
+                except (RuntimeError, TypeError, ValueError) as err:
+                    raise ManifestError(f"{self.files[k]}: the graph does not take the inputs manifest.yaml "
+                                        f"gives it ({len(reused) + 1} tensors, images {tuple(images.shape)}): "
+                                        f"{_first_line(err)}") from None
+
+    def bucket(self, count):
+        return next(b for b in self.buckets if b >= count)
+
+    def call_exit(self, k, images, reused):
+        """Exit ``k`` on ``images`` (a Tensor) and the previous exit's reuse tensors: its outputs."""
+        return self.exits[k](images, *reused)
+
+    def every_exit(self, images):
+        """Every exit on every image (no early exit): (K, B, C) logits of ``images`` (B, 3, S, S),
+        in batches of at most ``max_batch``."""
+        return np.concatenate([self._every_exit_batch(images[start:start + self.max_batch])
+                               for start in range(0, len(images), self.max_batch)], axis=1)
+
+    def _every_exit_batch(self, images):
+        count = len(images)
+        batch = self._ms.Tensor(_pad_rows(images, self.bucket(count)))
+        logits, reused = [], ()
+        for k in range(self.num_exits):
+            outputs = self.call_exit(k, batch, reused)
+            logits.append(outputs[0].asnumpy()[:count])
+            reused = tuple(outputs[1:])
+        return np.stack(logits)
+
+    def run(self, exit_thresholds, batch_size=None):
+        """A new ``EarlyExitRun`` with these thresholds (one per exit; the last is ignored)."""
+        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch)
 
     def classify(self, images, exit_thresholds):
         """(exit index, class, confidence) per image of ``images`` (B, 3, H, W) float32."""
-        ms = self._ms
-        count = images.shape[0]
-        exit_index = np.full(count, -1, np.int64)
-        predictions = np.zeros(count, np.int64)
-        confidences = np.zeros(count, np.float32)
-        remaining = np.arange(count)            # original index of each real row of the batch
-        padding = self._bucket(count) - count
-        batch = ms.Tensor(np.concatenate([images, np.repeat(images[-1:], padding, axis=0)]) if padding else images)
-        reused = ()
-        for k, graph in enumerate(self.exits):
-            outputs = graph(batch, *reused)
-            probs = softmax(outputs[0].asnumpy()[:len(remaining)])   # drop the padding rows
-            confidence = probs.max(axis=1)
-            last = k == self.num_exits - 1
-            done = np.ones(len(remaining), bool) if last else confidence >= np.float32(exit_thresholds[k])
-            answered = remaining[done]
-            exit_index[answered] = k
-            predictions[answered] = probs[done].argmax(axis=1)
-            confidences[answered] = confidence[done]
-            if last or done.all():
-                break
+        run = self.run(exit_thresholds)
+        run.push(images)
+        run.finish()
+        return run.results()
+
+
+def _pad_rows(array, size):
+    """``array`` with its last row repeated up to ``size`` rows."""
+    missing = size - len(array)
+    return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)]) if missing else array
+
+
+class _Queue:
+    """Images waiting in front of one exit: their positions, pixels (host) and reuse tensors (device)."""
+
+    def __init__(self):
+        self.chunks = []
+        self.size = 0
+
+    def add(self, positions, images, reused):
+        self.chunks.append((positions, images, reused))
+        self.size += len(positions)
+
+    def take(self, count, ops):
+        """The first ``count`` waiting images as (positions, images, reuse tensors)."""
+        taken, size = [], 0
+        while size < count:
+            positions, images, reused = self.chunks.pop(0)
+            need = count - size
+            if len(positions) > need:   # split the chunk: the rest stays first in line
+                self.chunks.insert(0, (positions[need:], images[need:], tuple(t[need:] for t in reused)))
+                positions, images, reused = positions[:need], images[:need], tuple(t[:need] for t in reused)
+            taken.append((positions, images, reused))
+            size += len(positions)
+        self.size -= count
+        if len(taken) == 1:
+            return taken[0]
+        reused = tuple(ops.concat(parts, axis=0) for parts in zip(*(chunk[2] for chunk in taken)))
+        return (np.concatenate([chunk[0] for chunk in taken]), np.concatenate([chunk[1] for chunk in taken]),
+                reused)
+
+
+class EarlyExitRun:
+    """Early-exit classification of a stream of images (see the module docstring).
+
+    ``push(images)`` queues images (B, 3, S, S) and runs every exit that has a full batch;
+    ``finish()`` runs the rest; ``results()`` gives (exit index, class, confidence) per image in
+    push order. ``answered`` counts the images classified so far (all of them after a push when
+    the batch size is 1)."""
+
+    def __init__(self, engine, exit_thresholds, batch_size):
+        from mindspore import ops
+        if len(exit_thresholds) != engine.num_exits:
+            raise ValueError(f"{len(exit_thresholds)} thresholds for {engine.num_exits} exits")
+        if batch_size not in engine.buckets:
+            raise ValueError(f"batch size {batch_size} is not one of the engine's compiled sizes {engine.buckets}")
+        self.engine = engine
+        self.batch_size = batch_size
+        self.thresholds = np.asarray(exit_thresholds, np.float32)
+        self.queues = [_Queue() for _ in range(engine.num_exits)]
+        self.pushed = 0
+        self.answered = 0
+        self._answers = []      # (positions, exit index, classes, confidences) per exit call
+        self._ops = ops
+
+    def push(self, images):
+        images = np.asarray(images, np.float32)
+        if len(images):
+            self.queues[0].add(np.arange(self.pushed, self.pushed + len(images)), images, ())
+            self.pushed += len(images)
+        self._drain(full_batches_only=True)
+
+    def finish(self):
+        self._drain(full_batches_only=False)
+
+    def _drain(self, full_batches_only):
+        for k, queue in enumerate(self.queues):
+            while queue.size >= self.batch_size or (queue.size and not full_batches_only):
+                self._run_exit(k, *queue.take(self._call_size(queue.size), self._ops))
+
+    def _call_size(self, waiting):
+        """How many of the ``waiting`` images the next call takes: a full batch if there is one;
+        else all of them when padding them up to a bucket adds at most a quarter of padding rows,
+        or else the largest bucket that they fill (no padding; the rest follows)."""
+        if waiting >= self.batch_size:
+            return self.batch_size
+        bucket = self.engine.bucket(waiting)
+        if bucket - waiting <= bucket // 4:
+            return waiting
+        return max(b for b in self.engine.buckets if b <= waiting)
+
+    def _run_exit(self, k, positions, images, reused):
+        ms, engine = self.engine._ms, self.engine
+        count = len(positions)
+        bucket = engine.bucket(count)
+        if bucket > count:
+            pad = ms.Tensor(np.minimum(np.arange(bucket), count - 1).astype(np.int32))
+            reused = tuple(tensor[pad] for tensor in reused)
+        outputs = engine.call_exit(k, ms.Tensor(_pad_rows(images, bucket)), reused)
+        probs = softmax(outputs[0].asnumpy()[:count])      # the padding rows are dropped
+        confidence = probs.max(axis=1)
+        last = k == engine.num_exits - 1
+        done = np.ones(count, bool) if last else confidence >= self.thresholds[k]
+        self._answers.append((positions[done], k, probs[done].argmax(axis=1), confidence[done]))
+        self.answered += int(done.sum())
+        if not done.all():
             rows = np.flatnonzero(~done)
-            remaining = remaining[rows]
-            padded = np.concatenate([rows, np.full(self._bucket(len(rows)) - len(rows), rows[-1])])
-            keep = ms.Tensor(padded.astype(np.int32))
-            batch = batch[keep]
-            reused = tuple(tensor[keep] for tensor in outputs[1:])
-        return exit_index, predictions, confidences
+            keep = ms.Tensor(rows.astype(np.int32))
+            self.queues[k + 1].add(positions[rows], images[rows], tuple(tensor[keep] for tensor in outputs[1:]))
+
+    def results(self):
+        """(exit index, class, confidence) arrays over the pushed images, in push order."""
+        if self.answered < self.pushed:
+            raise RuntimeError(f"{self.pushed - self.answered} images are still queued: call finish() first")
+        exit_index = np.zeros(self.pushed, np.int64)
+        classes = np.zeros(self.pushed, np.int64)
+        confidences = np.zeros(self.pushed, np.float32)
+        for positions, k, answer_classes, answer_confidences in self._answers:
+            exit_index[positions] = k
+            classes[positions] = answer_classes
+            confidences[positions] = answer_confidences
+        return exit_index, classes, confidences

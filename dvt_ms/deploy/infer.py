@@ -1,10 +1,11 @@
 """Early-exit inference over image files: inputs, batches, per-image records, the summary.
 
-Exit 1 runs on a batch; only the images whose confidence is below exit 1's threshold go on, with
-their reuse tensors, to exit 2, and so on; the last exit answers the rest. Results per image
-(path, class, confidence, exit) go to a CSV or JSON file; a summary gives the share of images at
-each exit, images/s, the FLOPs-predicted speedup beside the measured one and, when the folder has
-class subfolders, the accuracy.
+Images are preprocessed a batch at a time and pushed into an ``EarlyExitRun`` (``engine.py``):
+exit 1 answers the confident ones, the others go on with their reuse tensors to exit 2, and so
+on; the last exit answers the rest. Results per image (path, class, confidence, exit) go to a CSV
+or JSON file; the summary gives the share of images at each exit, the time of preprocessing and
+of the model part, the FLOPs-predicted speedup beside the measured one (model part), batch-1
+latency percentiles when streaming and, when the folder has class subfolders, the accuracy.
 """
 import csv
 import io
@@ -18,8 +19,7 @@ import numpy as np
 from ..errors import InferenceError
 from ..fileio import atomic_write_text
 from ..imagefolder import IMAGE_EXTENSIONS, class_folders, image_files
-from ..calibrate.search import NEVER
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, UnreadableImageError
 
 __all__ = ["collect_images", "labels_in_model_order", "run_inference", "format_summary", "write_results"]
 
@@ -73,61 +73,102 @@ def labels_in_model_order(labels, folder_names, model_class_names, source):
 def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare_all_exits=True):
     """Classify ``paths`` with early exit. Returns (per-image records, summary dict).
 
-    ``labels`` (or None) are in the model's class order.
-
-    Unreadable images are reported and skipped. With ``compare_all_exits`` the same batches are
-    also run through every exit (no early exit) to measure the speedup."""
+    ``labels`` (or None) are in the model's class order. Unreadable images are reported and
+    skipped. Preprocessing and the model part are timed apart; with ``compare_all_exits`` the
+    same batches are also run through every exit (no early exit) to measure the speedup of the
+    model part. With ``batch_size`` 1 (streaming) every image is classified as it comes and the
+    summary gives latency percentiles."""
     preprocess = Preprocessor(engine.manifest["preprocess"])
-    names = engine.manifest.get("class_names")
-    records, skipped = [], []
-    engine_seconds = all_exits_seconds = 0.0
-    never = [float(NEVER)] * engine.num_exits
-    for start in range(0, len(paths), batch_size):
-        batch_paths, batch_labels, arrays = [], [], []
+    run = engine.run(exit_thresholds, batch_size)
+    kept_paths, kept_labels, skipped = [], [], []
+    seconds = {"preprocess": 0.0, "early_exit": 0.0, "every_exit": 0.0}
+    streaming = {"preprocess": [], "early_exit": [], "every_exit": []}     # per image, batch size 1
+    num_batches = -(-len(paths) // batch_size)
+    for batch_number, start in enumerate(range(0, len(paths), batch_size)):
+        arrays = []
+        begin = time.perf_counter()
         for offset, path in enumerate(paths[start:start + batch_size]):
             try:
                 arrays.append(preprocess(path))
-            except ValueError as err:
+            except UnreadableImageError as err:
                 LOGGER.warning("skipping unreadable image %s: %s", path, err)
                 skipped.append({"path": path, "error": str(err)})
                 continue
-            batch_paths.append(path)
-            batch_labels.append(-1 if labels is None else int(labels[start + offset]))
-        if not arrays:
-            continue
-        images = np.stack(arrays)
-        begin = time.perf_counter()
-        exits, predictions, confidences = engine.classify(images, exit_thresholds)
-        engine_seconds += time.perf_counter() - begin
-        if compare_all_exits:
+            kept_paths.append(path)
+            kept_labels.append(-1 if labels is None else int(labels[start + offset]))
+        took = {"preprocess": time.perf_counter() - begin}
+        if arrays:
+            images = np.stack(arrays)
             begin = time.perf_counter()
-            engine.classify(images, never)
-            all_exits_seconds += time.perf_counter() - begin
-        for path, label, k, prediction, confidence in zip(batch_paths, batch_labels, exits, predictions, confidences):
-            record = {"path": path, "class_index": int(prediction),
-                      "class": names[prediction] if names else str(int(prediction)),
-                      "confidence": float(confidence), "exit": int(k) + 1}
-            if labels is not None:
-                record["label"] = int(label)
-                record["correct"] = bool(prediction == label)
-            records.append(record)
-        LOGGER.info("classified %d/%d images", min(start + batch_size, len(paths)), len(paths))
-    if not records:
+            run.push(images)
+            took["early_exit"] = time.perf_counter() - begin
+            if compare_all_exits:
+                begin = time.perf_counter()
+                engine.every_exit(images)
+                took["every_exit"] = time.perf_counter() - begin
+            if batch_size == 1:
+                for key, value in took.items():
+                    streaming[key].append(value)
+        for key, value in took.items():
+            seconds[key] += value
+        if (batch_number + 1) % max(1, num_batches // 10) == 0 or batch_number + 1 == num_batches:
+            LOGGER.info("processed %d/%d images", min(start + batch_size, len(paths)), len(paths))
+    begin = time.perf_counter()
+    run.finish()
+    seconds["early_exit"] += time.perf_counter() - begin
+    if not kept_paths:
         raise InferenceError(f"none of the {len(paths)} images could be read")
-    return records, _summary(engine, records, skipped, exit_thresholds, engine_seconds, all_exits_seconds)
+    exits, predictions, confidences = run.results()
+    names = engine.manifest.get("class_names")
+    records = []
+    for path, label, k, prediction, confidence in zip(kept_paths, kept_labels, exits, predictions, confidences):
+        record = {"path": path, "class_index": int(prediction),
+                  "class": names[prediction] if names else str(int(prediction)),
+                  "confidence": float(confidence), "exit": int(k) + 1}
+        if labels is not None:
+            record["label"] = int(label)
+            record["correct"] = bool(prediction == label)
+        records.append(record)
+    summary = _summary(engine, records, skipped, exit_thresholds, batch_size, seconds)
+    if batch_size == 1:
+        summary["latency_ms"] = _latency(streaming, exits, engine.num_exits)
+    return records, summary
 
 
-def _summary(engine, records, skipped, exit_thresholds, engine_seconds, all_exits_seconds):
+def _percentiles(seconds):
+    p50, p95 = np.percentile(1000.0 * np.asarray(seconds), [50, 95])
+    return {"p50": float(p50), "p95": float(p95)}
+
+
+def _latency(streaming, exits, num_exits):
+    """Batch-1 latency percentiles (ms): the model part overall and per exit, preprocessing,
+    both together, and every exit (no early exit) for comparison."""
+    model = np.asarray(streaming["early_exit"])
+    latency = {"model": _percentiles(model), "preprocess": _percentiles(streaming["preprocess"]),
+               "end_to_end": _percentiles(model + np.asarray(streaming["preprocess"])),
+               "per_exit": [{"exit": k + 1, "images": int((exits == k).sum()),
+                             **(_percentiles(model[exits == k]) if (exits == k).any() else {})}
+                            for k in range(num_exits)]}
+    if streaming["every_exit"]:
+        latency["every_exit"] = _percentiles(streaming["every_exit"])
+    return latency
+
+
+def _summary(engine, records, skipped, exit_thresholds, batch_size, seconds):
+    count = len(records)
     exits = np.array([r["exit"] - 1 for r in records])
-    shares = np.bincount(exits, minlength=engine.num_exits) / len(records)
+    shares = np.bincount(exits, minlength=engine.num_exits) / count
     expected_gflops = float(np.dot(shares, engine.cumulative_gflops))
-    summary = {"images": len(records), "skipped": skipped, "exit_thresholds": [float(t) for t in exit_thresholds],
+    summary = {"images": count, "skipped": skipped, "batch_size": batch_size,
+               "exit_thresholds": [float(t) for t in exit_thresholds],
                "exit_shares": shares.tolist(), "expected_gflops": expected_gflops,
-               "images_per_second": len(records) / engine_seconds,
+               "preprocess_ms_per_image": 1000.0 * seconds["preprocess"] / (count + len(skipped)),
+               "images_per_second": count / seconds["early_exit"],
+               "end_to_end_images_per_second": count / (seconds["early_exit"] + seconds["preprocess"]),
                "predicted_speedup": engine.cumulative_gflops[-1] / expected_gflops}
-    if all_exits_seconds:
-        summary["all_exits_images_per_second"] = len(records) / all_exits_seconds
-        summary["measured_speedup"] = all_exits_seconds / engine_seconds
+    if seconds["every_exit"]:
+        summary["all_exits_images_per_second"] = count / seconds["every_exit"]
+        summary["measured_speedup"] = seconds["every_exit"] / seconds["early_exit"]
     if "correct" in records[0]:
         summary["accuracy"] = 100.0 * float(np.mean([r["correct"] for r in records]))
     return summary
@@ -153,11 +194,26 @@ def format_summary(summary, num_exits):
     if "accuracy" in summary:
         lines.append(f"accuracy: {summary['accuracy']:.2f}%")
     lines.append(f"expected GFLOPs per image: {summary['expected_gflops']:.4f}")
-    lines.append(f"early-exit engine: {summary['images_per_second']:.1f} images/s")
+    lines.append(f"preprocessing: {summary['preprocess_ms_per_image']:.2f} ms per image")
+    lines.append(f"early-exit engine (model part): {summary['images_per_second']:.1f} images/s; "
+                 f"with preprocessing {summary['end_to_end_images_per_second']:.1f} images/s "
+                 f"(batch size {summary['batch_size']})")
     if "measured_speedup" in summary:
-        lines.append(f"all exits, no early exit: {summary['all_exits_images_per_second']:.1f} images/s")
-        lines.append(f"speedup over all exits: measured {summary['measured_speedup']:.2f}x, "
+        lines.append(f"all exits, no early exit (model part): {summary['all_exits_images_per_second']:.1f} images/s")
+        lines.append(f"speedup over all exits (model part): measured {summary['measured_speedup']:.2f}x, "
                      f"FLOPs-predicted {summary['predicted_speedup']:.2f}x")
     else:
         lines.append(f"FLOPs-predicted speedup over all exits: {summary['predicted_speedup']:.2f}x")
+    latency = summary.get("latency_ms")
+    if latency:
+        lines.append(f"latency per image (batch size 1), model part: p50 {latency['model']['p50']:.2f} ms, "
+                     f"p95 {latency['model']['p95']:.2f} ms; with preprocessing: p50 "
+                     f"{latency['end_to_end']['p50']:.2f} ms, p95 {latency['end_to_end']['p95']:.2f} ms")
+        for row in latency["per_exit"]:
+            if row["images"]:
+                lines.append(f"  answered at exit {row['exit']} ({row['images']} images): p50 {row['p50']:.2f} ms, "
+                             f"p95 {row['p95']:.2f} ms")
+        if "every_exit" in latency:
+            lines.append(f"  every exit, no early exit: p50 {latency['every_exit']['p50']:.2f} ms, "
+                         f"p95 {latency['every_exit']['p95']:.2f} ms")
     return "\n".join(lines)

@@ -16,7 +16,10 @@ from ..imagefolder import class_folders
 
 
 def _class_names(config, num_classes):
-    """Class folder names of the training split, when it is an image folder with the right count."""
+    """The run's class names (recorded in its config.yaml by training), else the class folder names
+    of the training split when it is an image folder with the right count."""
+    if config.class_names:
+        return list(config.class_names)
     if config.dataset != "imagenet" or not config.data_dir:
         return None
     root = os.path.join(config.data_dir, config.train_split)
@@ -30,6 +33,7 @@ def _run(args):
     from ..checkpoint import load_model_weights
     from ..config import load_config, model_overrides
     from ..deploy.manifest import check_thresholds_fit, read_thresholds
+    from ..deploy.preprocess import resize_for_crop
     from ..device import use_device
     from ..fileio import prepare_staged_directory
     from ..models import build_config, create_model
@@ -46,7 +50,7 @@ def _run(args):
     model = create_model(config.model, **model_overrides(config))
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
     preprocess = {"img_size": model.config.img_size, "crop_pct": config.crop_pct,
-                  "resize": round(model.config.img_size / config.crop_pct),
+                  "resize": resize_for_crop(model.config.img_size, config.crop_pct),
                   "interpolation": config.interpolation, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes),
                  thresholds, args.overwrite, args.precision)

@@ -10,7 +10,7 @@ import os
 import mindspore as ms
 import yaml
 
-from ..deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_thresholds_fit
+from ..deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest
 from ..fileio import staged_directory
 from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
@@ -37,7 +37,8 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
                  precision="float32"):
     """Write ``exit{k}.mindir`` for every exit and ``manifest.yaml`` into ``out_dir``.
 
-    ``preprocess``: dict with img_size, resize, interpolation, mean, std (fractions of 255).
+    ``preprocess``: dict with img_size, crop_pct, resize (``dvt_ms.deploy.preprocess.resize_for_crop``),
+    interpolation, mean, std (fractions of 255).
     ``thresholds``: a thresholds document from calibration (``dvt_ms.calibrate``), or None.
     ``precision``: a key of ``PRECISIONS``; other than float32 it converts ``model`` in place.
     ``model`` is switched to MindSpore's native ops in place (no compiled CPU kernels, which the
@@ -47,31 +48,25 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     config = model.config
-    if thresholds is not None:
-        check_thresholds_fit(thresholds, model_name, config.num_exits, "thresholds")
-    if class_names is not None and len(class_names) != config.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model with {config.num_classes} classes")
+    flops = model_flops(config)
+    exits = [{"file": f"exit{k + 1}.mindir", "grid": config.grids[k], **exit_signature(config, k),
+              "stage_gflops": flops[k]["stage_gflops"], "cumulative_gflops": flops[k]["cumulative_gflops"]}
+             for k in range(config.num_exits)]
+    manifest = {"format": MANIFEST_FORMAT, "model": model_name,
+                "architecture": _plain(dataclasses.asdict(config)), "num_exits": config.num_exits,
+                "num_classes": config.num_classes, "class_names": class_names, "preprocess": preprocess,
+                "precision": precision, "exits": exits, "thresholds": thresholds}
+    check_manifest(manifest, os.path.join(out_dir, MANIFEST_NAME))   # what deployment will check, before any work
     with staged_directory(out_dir, overwrite) as staging:
         if PRECISIONS[precision] is not None:
             ms.amp.auto_mixed_precision(model, "O2", PRECISIONS[precision])   # converts the stages in place
         use_native_ops(model)
         model.set_train(False)
-        flops = model_flops(config)
-        exits = []
-        for exit_index in range(config.num_exits):
-            signature = exit_signature(config, exit_index)
-            file_name = f"exit{exit_index + 1}.mindir"
-            inputs = [_placeholder(item["shape"]) for item in signature["inputs"]]
-            ms.export(ExitGraph(model, exit_index), *inputs, file_name=os.path.join(staging, file_name),
+        for k, info in enumerate(exits):
+            inputs = [_placeholder(item["shape"]) for item in info["inputs"]]
+            ms.export(ExitGraph(model, k), *inputs, file_name=os.path.join(staging, info["file"]),
                       file_format="MINDIR")
-            exits.append({"file": file_name, "grid": config.grids[exit_index], **signature,
-                          "stage_gflops": flops[exit_index]["stage_gflops"],
-                          "cumulative_gflops": flops[exit_index]["cumulative_gflops"]})
-            LOGGER.info("exported exit %d/%d", exit_index + 1, config.num_exits)
-        manifest = {"format": MANIFEST_FORMAT, "model": model_name,
-                    "architecture": _plain(dataclasses.asdict(config)), "num_exits": config.num_exits,
-                    "num_classes": config.num_classes, "class_names": class_names, "preprocess": preprocess,
-                    "precision": precision, "exits": exits, "thresholds": thresholds}
+            LOGGER.info("exported exit %d/%d", k + 1, config.num_exits)
         with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:
             yaml.safe_dump(manifest, handle, sort_keys=False)
     LOGGER.info("wrote %d MindIR files and %s to %s", config.num_exits, MANIFEST_NAME, out_dir)

@@ -14,10 +14,12 @@ the device's data queue. Before anything is built, the run folder (``run_folder`
 memory (``memory``) and the output path are checked; SIGINT/SIGTERM stop gracefully with a
 checkpoint (``interrupts``); a full disk stops with the last checkpoint intact.
 """
+import dataclasses
 import logging
+import os
+import random
 
 import mindspore as ms
-import mindspore.dataset as ds
 import numpy as np
 from mindcv.loss import create_loss
 from mindcv.optim import create_optimizer
@@ -25,7 +27,8 @@ from mindcv.scheduler import create_scheduler
 
 from ..checkpoint.weights import load_pretrained
 from ..config import model_overrides
-from ..data import epoch_indices, make_loader, open_dataset
+from ..data import (ImageCheck, SampleTracker, checked_batches, epoch_indices, epoch_loader, make_loader,
+                    open_training_data, read_holdout, write_holdout)
 from ..errors import CheckpointError, DataError, DiskFullError, DVTError, OutputPathError
 from ..models import build_config, create_model
 from .checkpoints import CheckpointManager, TrainingState, load_training_checkpoint
@@ -48,10 +51,14 @@ class NonFiniteLossError(DVTError):
     exit_code = 1
 
 
-def _check_classes(data, num_classes):
-    if data.num_classes != num_classes:
-        raise DataError(f"{data.name} has {data.num_classes} classes but the config says num_classes="
-                        f"{num_classes}; set num_classes: {data.num_classes}")
+def _image_check(config, runtime):
+    """Rank 0 checks the images (cached in the run folder); the other ranks wait for its result."""
+    if not config.verify_images:
+        return ImageCheck(check=False)
+    token = None
+    if runtime.distributed:  # one random number for this start, rank 0's, so no rank reads a stale result
+        token = int(gather_from_ranks([random.SystemRandom().randrange(1, 1 << 24)])[0, 0])
+    return ImageCheck(os.path.join(config.output_dir, "image_check"), writer=runtime.is_main, token=token)
 
 
 def _learning_rates(config, steps_per_epoch):
@@ -77,16 +84,19 @@ class Trainer:
         check_training_memory(build_config(config.model, **model_overrides(config)), config.batch_size, runtime)
         self.run_folder = inspect_run_folder(config.output_dir, config.resume, config.overwrite)
 
-        self.train_data = open_dataset(config, config.train_split, config.num_workers)
-        self.val_data = open_dataset(config, config.val_split, config.num_workers) if config.val_every_epochs else None
+        num_classes = build_config(config.model, **model_overrides(config)).num_classes
+        # The hold-out record is written once the run folder is claimed (``fit``); a run being moved
+        # aside (overwrite=true) keeps its records to itself.
+        self.train_data, self.val_data = open_training_data(config, num_classes, _image_check(config, runtime),
+                                                            write_records=False,
+                                                            previous_run=not self.run_folder.move_aside)
+        if self.train_data.class_names:  # recorded in the run's config.yaml for calibration and export
+            self.config = config = dataclasses.replace(config, class_names=tuple(self.train_data.class_names))
         # Every weight, trained or fixed, is drawn from the seeded stream in construction order:
         # seeding right here gives every rank the same initial weights.
         ms.set_seed(config.seed)
         self.model = create_model(config.model, **model_overrides(config))
         self.arch = self.model.config
-        _check_classes(self.train_data, self.arch.num_classes)
-        if self.val_data is not None:
-            _check_classes(self.val_data, self.arch.num_classes)
         self.steps_per_epoch = self.train_data.num_samples // runtime.world_size // config.batch_size
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.train_data.name} has {self.train_data.num_samples} images: fewer than one "
@@ -149,6 +159,8 @@ class Trainer:
                 self.run_id = self.run_folder.claim(config.as_dict(), {
                     "resumed_from": self.resumed_from, "global_step": state.global_step,
                     "world_size": self.runtime.world_size})
+                if self.train_data.held_out and read_holdout(config.output_dir) is None:
+                    write_holdout(config, self.train_data, self.train_data.held_out)
             except DVTError as raised:
                 error = raised
         if self._agree(error is not None):
@@ -246,35 +258,37 @@ class Trainer:
         lr = self.learning_rates[min(self.state.global_step - 1, len(self.learning_rates) - 1)]
         self.progress.log(self.state, self.num_epochs, report.mean_losses, lr, report.skipped, report.steps)
 
-    def _run_steps(self, loader, num_steps):
-        """Run the train step on every batch of ``loader``; yields after each step is launched."""
+    def _run_steps(self, loader, tracker, skip, num_steps):
+        """Run the train step on at most ``num_steps`` batches of ``loader`` after its first ``skip``
+        (replayed for an exact resume, see ``data.epoch_loader``); yields after each step is launched."""
         if self.runtime.data_sink:
-            sink_step = ms.data_sink(self.train_step, loader)   # batches through the device's data queue
+            # The device's data queue takes images and labels only: replaced samples go unnamed here.
+            batches = loader.project(["image", "label"]).skip(skip)
+            sink_step = ms.data_sink(self.train_step, batches)   # batches through the device's data queue
             for _ in range(num_steps):
                 sink_step()
                 yield
         else:
-            for images, labels in loader.create_tuple_iterator(num_epochs=1):
+            for _, (images, labels, _) in zip(range(num_steps), checked_batches(loader, tracker, skip)):
                 self.train_step(images, labels)
                 yield
 
     def _train_epoch(self):
         config, runtime, state = self.config, self.runtime, self.state
         batch_size = config.batch_size
-        # Same order on every rank (seeded by epoch), each rank its own slice; consumed batches left out.
+        # Same order on every rank (seeded by epoch), each rank its own slice.
         indices = epoch_indices(self.train_data.num_samples, state.epoch, config.seed, runtime.rank,
                                 runtime.world_size, shuffle=True)
         end = min(self.steps_per_epoch, state.step_in_epoch + self.total_steps - state.global_step)
-        indices = indices[state.step_in_epoch * batch_size:end * batch_size]
-        # Augmentation (MindSpore ops) and mixup (numpy) randomness: reproducible, different per epoch and rank.
+        # Augmentation seed: reproducible, different per epoch and rank; a resume continues the epoch's pipeline.
         augmentation_seed = int(np.random.SeedSequence([config.seed, state.epoch, runtime.rank]).generate_state(1)[0])
-        ds.config.set_seed(augmentation_seed)
-        np.random.seed(augmentation_seed)
-        loader = make_loader(self.train_data, indices, config, self.arch.img_size, self.arch.num_classes,
-                             is_training=True, num_workers=config.num_workers)
+        loader, order, skip = epoch_loader(self.train_data, indices[:self.steps_per_epoch * batch_size],
+                                           state.step_in_epoch, config, self.arch.img_size, self.arch.num_classes,
+                                           augmentation_seed)
+        tracker = SampleTracker(self.train_data, order, f"epoch {state.epoch + 1}")
         self.train_step.set_train(True)
         self.progress.start_epoch(state.epoch, self.num_epochs, state.step_in_epoch, self.steps_per_epoch)
-        for _ in self._run_steps(loader, end - state.step_in_epoch):
+        for _ in self._run_steps(loader, tracker, skip, end - state.step_in_epoch):
             state.step_in_epoch += 1
             state.global_step += 1
             self.stop.rearm()
@@ -287,6 +301,9 @@ class Trainer:
             # One process stops at once; data-parallel ranks agree where they synchronise anyway.
             if (at_log or not runtime.distributed) and self._stop_agreed():
                 break
+        if tracker.replaced:
+            self.progress.record("replaced_images", epoch=state.epoch, rank=runtime.rank,
+                                 files=[self.train_data.describe(i) for i in tracker.replaced])
         self.progress.end_epoch()
 
     def _save(self, best=False):
@@ -340,7 +357,8 @@ class Trainer:
             loader = make_loader(self.val_data, indices, config, self.arch.img_size, self.arch.num_classes,
                                  is_training=False, num_workers=config.num_workers)
             self.network.set_train(False)
-            top1, top5 = evaluate(self.exit_hits, loader, runtime.distributed)
+            batches = checked_batches(loader, SampleTracker(self.val_data, indices, "validation"))
+            top1, top5 = evaluate(self.exit_hits, batches, runtime.distributed)
             self.progress.validation(epoch - 1, weights, top1, top5)
             return top1, top5
 

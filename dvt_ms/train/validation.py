@@ -30,16 +30,20 @@ class ExitHits(nn.Cell):
         return ops.stack(hits)
 
 
-def evaluate(exit_hits, loader, distributed=False):
-    """(top1, top5) lists of percentages, one per exit, over everything ``loader`` yields on all ranks.
+def evaluate(exit_hits, batches, distributed=False):
+    """(top1, top5) lists of percentages, one per exit, over ``batches`` on all ranks.
 
+    ``batches`` yields (images, labels, fresh) as ``dvt_ms.data.checked_batches`` does: rows that are
+    copies standing in for unreadable images (fresh False) count neither as seen nor as hits.
     ``exit_hits`` is an ``ExitHits`` over the model in eval mode; reuse one so its graph compiles once.
     """
     hits = np.zeros((exit_hits.num_exits, 2), np.int64)
     seen = 0
-    for images, labels in loader.create_tuple_iterator(num_epochs=1):
+    for images, labels, fresh in batches:
+        if not fresh.all():
+            labels = ms.Tensor(np.where(fresh, labels.asnumpy(), -1).astype(np.int32))
         hits += exit_hits(images, labels).asnumpy()
-        seen += labels.shape[0]
+        seen += int(np.count_nonzero(fresh))
     totals = np.concatenate([hits.ravel(), [seen]]).astype(np.float32)
     if distributed:
         totals = sum_over_ranks(totals)

@@ -1,0 +1,174 @@
+"""Hand-edited manifests, thresholds files and MindIR files: each problem is a ManifestError naming
+the file and the field, raised before any image is classified."""
+import copy
+import re
+import shutil
+
+import pytest
+import yaml
+
+import dvt_ms
+from dvt_ms.deploy import __main__ as deploy_cli
+from dvt_ms.deploy.engine import EarlyExitEngine
+from dvt_ms.deploy.manifest import MANIFEST_NAME, PRECISIONS, load_manifest, load_thresholds
+from dvt_ms.deploy.preprocess import resize_for_crop
+from dvt_ms.errors import ManifestError
+from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
+from dvt_ms.export.writer import PRECISIONS as EXPORT_PRECISIONS
+
+MODEL = "dvt_deit_small"
+TINY = dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3, img_size=32, patch_grids=[2, 4])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny two-exit model exported with calibrated thresholds and a budget table."""
+    out = tmp_path_factory.mktemp("manifest") / "mindir"
+    thresholds = {"model": MODEL, "exit_thresholds": [0.5, -1e8],
+                  "budgets": [{"budget_index": 1, "exit_thresholds": [0.5, -1e8], "calibration_gflops": 0.001,
+                               "calibration_accuracy": 40.0}]}
+    preprocess = {"img_size": 32, "crop_pct": 0.875, "resize": resize_for_crop(32, 0.875),
+                  "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    export_model(dvt_ms.create_model(MODEL, **TINY), out, MODEL, preprocess, class_names=["a", "b", "c"],
+                 thresholds=thresholds)
+    return out
+
+
+def _copy_with(exported, tmp_path, edit=None, text=None):
+    """A copy of the exported directory whose manifest is ``edit``ed (a function of the dict) or
+    replaced by ``text``."""
+    target = tmp_path / "edited"
+    shutil.copytree(exported, target)
+    manifest_path = target / MANIFEST_NAME
+    manifest_path.chmod(0o644)
+    if text is None:
+        manifest = yaml.safe_load(manifest_path.read_text())
+        edit(manifest)
+        text = yaml.safe_dump(manifest, sort_keys=False)
+    manifest_path.write_text(text)
+    return target
+
+
+def _set(path, value):
+    """An edit setting the manifest field at ``path`` (keys and list indices) to ``value``."""
+    def edit(manifest):
+        node = manifest
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return edit
+
+
+def _delete(key):
+    def edit(manifest):
+        del manifest[key]
+    return edit
+
+
+HAND_EDITS = {
+    "no exits": (_delete("exits"), "manifest: missing key(s) exits"),
+    "img_size banana": (_set(["preprocess", "img_size"], "banana"),
+                        "preprocess.img_size: expected an integer >= 1, got 'banana'"),
+    "crop_pct 0": (_set(["preprocess", "crop_pct"], 0), "preprocess.crop_pct: 0 is outside (0.0, 1.0]"),
+    "text thresholds": (_set(["thresholds", "exit_thresholds"], ["0.5", "-1e8"]),
+                        "thresholds.exit_thresholds[0]: expected a number, got '0.5'"),
+    "text gflops": (_set(["exits", 1, "stage_gflops"], "0.002"),
+                    "exits[1].stage_gflops: expected a number, got '0.002'"),
+    "gflops that do not add up": (_set(["exits", 1, "cumulative_gflops"], 1.0),
+                                  "exits[1].cumulative_gflops: 1.0 is not the previous exit's"),
+    "mean of one value": (_set(["preprocess", "mean"], [0.5]),
+                          "preprocess.mean: expected a list of 3 numbers, got [0.5]"),
+    "mean on the 0-255 scale": (_set(["preprocess", "mean"], [123.675, 116.28, 103.53]),
+                                "preprocess.mean[0]: 123.675 is outside [0.0, 1.0]"),
+    "zero std": (_set(["preprocess", "std"], [0.2, 0, 0.2]), "preprocess.std[1]: 0 is outside (0.0, 1.0]"),
+    "num_exits 7": (_set(["num_exits"], 7), "exits: expected a list of num_exits = 7 exits, got 2"),
+    "interpolation lanczos9": (_set(["preprocess", "interpolation"], "lanczos9"),
+                               "preprocess.interpolation: 'lanczos9' is not one of bilinear, bicubic"),
+    "resize without crop_pct": (_set(["preprocess", "resize"], 40),
+                                "preprocess.resize: 40 does not follow from img_size 32 and crop_pct 0.875"),
+    "unknown preprocess key": (_set(["preprocess", "antialias"], True), "preprocess: unknown key(s) antialias"),
+    "class names of another model": (_set(["class_names"], ["a", "b"]),
+                                     "class_names: expected null or a list of 3 names"),
+    "file outside the directory": (_set(["exits", 0, "file"], "../exit1.mindir"),
+                                   "exits[0].file: '../exit1.mindir' must be a file name"),
+    "images of another size": (_set(["exits", 1, "inputs", 0, "shape"], [-1, 3, 64, 64]),
+                               "exits[1].inputs[0].shape: [-1, 3, 64, 64] is not [-1, 3, 32, 32]"),
+    "reuse input dropped": (lambda m: m["exits"][1]["inputs"].pop(),
+                            "exits[1].inputs: after images it must take what the previous exit passes on"),
+    "text budget cost": (_set(["thresholds", "budgets", 0, "calibration_gflops"], "cheap"),
+                         "thresholds.budgets[0].calibration_gflops: expected a number, got 'cheap'"),
+    "precision float8": (_set(["precision"], "float8"),
+                         "precision: 'float8' is not one of float32, float16, bfloat16"),
+    "another format": (_set(["format"], "dvt-ms-mindir/0"), "not a dvt-ms-mindir/1 manifest (format: dvt-ms-mindir/0)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HAND_EDITS))
+def test_hand_edited_manifest_names_the_field(exported, tmp_path, case):
+    edit, message = HAND_EDITS[case]
+    target = _copy_with(exported, tmp_path, edit)
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(target)
+    assert str(caught.value).startswith(f"{target / MANIFEST_NAME}: ")
+    assert message in str(caught.value)
+
+
+def test_manifest_that_is_not_yaml_names_the_line(exported, tmp_path):
+    target = _copy_with(exported, tmp_path, text="format: dvt-ms-mindir/1\nexits: [unclosed\n")
+    with pytest.raises(ManifestError, match=r"manifest.yaml: not valid YAML: .*\(line 3, column 1\)"):
+        load_manifest(target)
+
+
+def test_exported_manifest_passes_its_own_checks(exported, tmp_path):
+    manifest = load_manifest(exported)
+    assert manifest["num_exits"] == 2 and manifest["preprocess"]["resize"] == 37
+    assert manifest["precision"] == "float32" and PRECISIONS == tuple(EXPORT_PRECISIONS)
+    older = _copy_with(exported, tmp_path, _delete("precision"))     # written before precision existed
+    assert "precision" not in load_manifest(older)
+
+
+def test_thresholds_file_is_checked_field_by_field(exported, tmp_path):
+    manifest = load_manifest(exported)
+    good = copy.deepcopy(manifest["thresholds"])
+    cases = {"exit_thresholds[1]: expected a number, got 'last'": {"exit_thresholds": [0.5, "last"]},
+             "budgets[0]: missing key calibration_accuracy": {"budgets": [{"exit_thresholds": [0.5, -1e8],
+                                                                           "calibration_gflops": 0.001}]}}
+    for message, change in cases.items():
+        path = tmp_path / "thresholds.yaml"
+        path.write_text(yaml.safe_dump({**good, **change}))
+        with pytest.raises(ManifestError, match="^" + re.escape(f"{path}: {message}")):
+            load_thresholds(str(path), manifest)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_damaged_mindir_is_named_with_its_path(exported, tmp_path, damage):
+    target = _copy_with(exported, tmp_path, lambda manifest: None)
+    mindir = target / "exit2.mindir"
+    mindir.chmod(0o644)
+    data = mindir.read_bytes()
+    mindir.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"")
+    message = f"{mindir}: cannot load this MindIR file (truncated or corrupt?)"
+    with pytest.raises(ManifestError, match="^" + re.escape(message)):
+        EarlyExitEngine(str(target))
+
+
+def test_mindir_of_another_exit_is_named_before_any_image(exported, tmp_path):
+    target = _copy_with(exported, tmp_path, lambda manifest: None)
+    (target / "exit2.mindir").chmod(0o644)
+    shutil.copyfile(exported / "exit1.mindir", target / "exit2.mindir")
+    engine = EarlyExitEngine(str(target))
+    message = f"{target / 'exit2.mindir'}: the graph does not take the inputs"
+    with pytest.raises(ManifestError, match="^" + re.escape(message)):
+        engine.warm_up()
+
+
+def test_cli_reports_a_bad_manifest_in_one_line_and_writes_nothing(exported, tmp_path, capfd,
+                                                                   make_class_folders):
+    make_class_folders(tmp_path / "images", num_classes=3, per_class=1)
+    results = tmp_path / "results.csv"
+    for edit, message in (HAND_EDITS["img_size banana"], HAND_EDITS["text thresholds"]):
+        target = _copy_with(exported, tmp_path / message.split(":")[0], edit)
+        assert deploy_cli.main(["--model", str(target), str(tmp_path / "images"), "--out", str(results)]) == 2
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+        assert not results.exists()
