@@ -228,7 +228,7 @@ def test_exported_graphs_use_only_native_ops_and_match_the_model(tmp_path):
     assert any(getattr(cell, "use_cpu_kernel", False) for _, cell in model.cells_and_names())
     images = ms.Tensor(random((2, 3, 64, 64), seed=12))
     with_kernels = [logits.asnumpy() for logits in model(images)]
-    preprocess = {"img_size": 64, "crop_pct": 0.875, "interpolation": "bicubic",
+    preprocess = {"img_size": 64, "crop_pct": 0.875, "resize": 73, "interpolation": "bicubic",
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     manifest = export_model(model, tmp_path, "dvt_deit_small", preprocess, overwrite=True)
     reused = ()
