@@ -19,6 +19,7 @@ Environment: ``DVT_CPU_KERNELS`` (0/false/off disables), ``CXX`` (compiler, defa
 import hashlib
 import logging
 import os
+import platform
 import subprocess
 import tempfile
 
@@ -54,12 +55,26 @@ def _cache_dir():
     return os.path.join(base, "dvt_ms", "cpu_kernels")
 
 
+def _processor_identity():
+    """What ``-march=native`` compiles for: the machine and, on Linux, the CPU's model and flags (a
+    cache in a shared home directory must not hand one CPU's build to another)."""
+    identity = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            identity += sorted({line.strip() for line in handle if line.startswith(("model name", "flags"))})
+    except OSError:
+        identity.append(platform.processor())
+    return "\n".join(identity)
+
+
 def _build(compiler, cache_dir):
-    """Compile ``kernels.cc`` into ``cache_dir`` unless a build of this exact source (and flags)
-    is there already. Built under a temporary name and renamed: concurrent builds (data-parallel
+    """Compile ``kernels.cc`` into ``cache_dir`` unless a build of this exact source, flags and
+    processor is there already. Built under a temporary name and renamed: concurrent builds (data-parallel
     ranks, test workers) never load a half-written library."""
     with open(SOURCE, "rb") as handle:
-        digest = hashlib.sha256(handle.read() + " ".join([compiler] + CXXFLAGS).encode()).hexdigest()[:16]
+        source = handle.read()
+    settings = " ".join([compiler] + CXXFLAGS) + "\n" + _processor_identity()
+    digest = hashlib.sha256(source + settings.encode()).hexdigest()[:16]
     target = os.path.join(cache_dir, f"libdvt_cpu_kernels_{digest}.so")
     if os.path.exists(target):
         return target
