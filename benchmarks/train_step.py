@@ -69,7 +69,7 @@ def _run(trainer, steps, log_every, every_step):
     begin = time.perf_counter()
     for index in range(steps):
         t0 = time.perf_counter()
-        images, labels = next(iterator)
+        images, labels = next(iterator)[:2]   # (an index column follows in newer loaders)
         t1 = time.perf_counter()
         losses, applied = step(images, labels)
         t2 = time.perf_counter()
@@ -123,7 +123,7 @@ def memory_probe(name, extra, data_dir, work):
     trainer.train_step.set_train(True)
     iterator = _batches(trainer, 4).create_tuple_iterator(num_epochs=1)
     before = status("VmRSS:")   # built, not compiled: MindSpore's memory pool for the step comes next
-    for images, labels in iterator:
+    for images, labels, *_ in iterator:
         trainer.train_step(images, labels)[0].asnumpy()
     peak = status("VmHWM:")
     estimate = estimate_training_memory(build_config(config.model, **_model_keys(config)), config.batch_size, "O0")
