@@ -8,7 +8,7 @@ moves every factor that makes photos hard at once:
 =================  ===============================  ================================
 factor             difficulty 0 (easy)              difficulty 1 (hard)
 =================  ===============================  ================================
-object size        ~80% of the image side           ~44% of the image side
+object size        ~80% of the image side           ~34% of the image side
 position           centred                          anywhere that keeps it in frame
 contrast           large lightness gap (0.55)       small lightness gap (0.22)
 background         flat                             gradient + blotchy texture
@@ -96,7 +96,7 @@ class DifficultyProfile:
     ``noise``: Gaussian pixel noise std in 0..255 units.
     """
     difficulty_beta: tuple = (1.0, 2.5)
-    radius: tuple = (0.40, 0.22)
+    radius: tuple = (0.40, 0.17)
     lightness_gap: tuple = (0.55, 0.22)
     clutter: float = 5.0
     occlusion: float = 0.45
