@@ -211,3 +211,23 @@ def test_pixel_noise_follows_the_profile_from_easy_to_hard():
             residuals.append(residual[unclipped])
         expected = 3.0 + (12.0 - 3.0) * difficulty
         assert np.std(np.concatenate(residuals)) == pytest.approx(expected, rel=0.08)
+
+
+def _mean_offset_from_centre(profile, difficulty, count=24, size=48):
+    """Mean distance (pixels) of the visible object's centroid from the image centre."""
+    offsets = []
+    for i in range(count):
+        _, mask = demo_data.generate_sample(i % len(CLASS_NAMES), difficulty, np.random.default_rng([4, i]),
+                                            size, profile)
+        ys, xs = np.indices(mask.shape) + 0.5
+        centroid = np.array([(xs * mask).sum(), (ys * mask).sum()]) / mask.sum()
+        offsets.append(np.linalg.norm(centroid - size / 2))
+    return np.mean(offsets)
+
+
+def test_lower_placement_exponent_moves_objects_off_centre_sooner():
+    early = demo_data.DifficultyProfile(placement_exponent=0.5, occlusion=0.0)
+    linear = demo_data.DifficultyProfile(placement_exponent=1.0, occlusion=0.0)
+    assert _mean_offset_from_centre(early, 0.25) > 1.3 * _mean_offset_from_centre(linear, 0.25)
+    # both reach the whole frame at difficulty 1
+    assert _mean_offset_from_centre(early, 1.0) == pytest.approx(_mean_offset_from_centre(linear, 1.0))

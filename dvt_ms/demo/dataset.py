@@ -94,6 +94,8 @@ class DifficultyProfile:
     ``clutter``: mean distractor count at difficulty 1 (Poisson, mean clutter * difficulty^1.5).
     ``occlusion``: probability of an occluding blob at difficulty 1 (occlusion * difficulty^2).
     ``noise``: Gaussian pixel noise std in 0..255 units.
+    ``placement_exponent``: position and rotation freedom grow as difficulty ** placement_exponent
+    (below 1: objects leave the centre and turn early, which a coarse token grid copes with worst).
     """
     difficulty_beta: tuple = (1.0, 2.5)
     radius: tuple = (0.40, 0.17)
@@ -101,6 +103,7 @@ class DifficultyProfile:
     clutter: float = 5.0
     occlusion: float = 0.45
     noise: tuple = (2.0, 14.0)
+    placement_exponent: float = 0.5
 
     def as_dict(self):
         """JSON-ready: pairs as lists, so a manifest read back from disk compares equal."""
@@ -310,9 +313,10 @@ def _occluder_lightness(object_lightness, rng):
 def _object_placement(profile, canvas_size, difficulty, rng):
     """Centre, radius and rotation of the object: off-centre freedom grows with difficulty."""
     r = canvas_size * _object_radius_fraction(profile, difficulty, rng)
-    max_shift = max(canvas_size / 2 - r * 1.05, 0.0) * _lerp((0.08, 1.0), difficulty)
+    freedom = difficulty ** profile.placement_exponent
+    max_shift = max(canvas_size / 2 - r * 1.05, 0.0) * _lerp((0.08, 1.0), freedom)
     cx, cy = canvas_size / 2 + rng.uniform(-max_shift, max_shift, size=2)
-    theta = rng.uniform(-1, 1) * math.radians(_lerp((15.0, 180.0), difficulty))
+    theta = rng.uniform(-1, 1) * math.radians(_lerp((15.0, 180.0), freedom))
     return cx, cy, r, theta
 
 
