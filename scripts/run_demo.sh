@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # DVT end to end on a CPU in minutes: embedded dataset -> train a small DVT -> calibrate thresholds
-# -> export MindIR -> early-exit inference at a few budgets -> summary table and pictures.
+# -> export MindIR -> early-exit inference at a few budgets (a quarter to a half of the last exit's
+# GFLOPs) -> summary table and pictures.
 #
 #   bash scripts/run_demo.sh [OUT_DIR] [key=value ...]     (default OUT_DIR: outputs/demo)
 #
@@ -20,9 +21,9 @@ step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 
 step "1/6 embedded dataset -> $data"
 python -m dvt_ms.demo.dataset "$data" \
-  --train_per_class "${DVT_DEMO_TRAIN_PER_CLASS:-250}" \
-  --calib_per_class "${DVT_DEMO_CALIB_PER_CLASS:-50}" \
-  --val_per_class "${DVT_DEMO_VAL_PER_CLASS:-60}" --image_size 64
+  --train_per_class "${DVT_DEMO_TRAIN_PER_CLASS:-1250}" \
+  --calib_per_class "${DVT_DEMO_CALIB_PER_CLASS:-150}" \
+  --val_per_class "${DVT_DEMO_VAL_PER_CLASS:-150}" --image_size 64
 
 step "2/6 train (configs/demo.yaml)"
 bash "$DVT_ROOT/scripts/run_train.sh" "$config" data_dir="$data" output_dir="$out/train" resume=auto "$@"
@@ -46,6 +47,7 @@ for budget in $(python -m dvt_ms.demo budgets --eval "$out/eval"); do
 done
 
 step "6/6 summary"
-python -m dvt_ms.demo summarize --eval "$out/eval" --infer "${runs[@]}" --out "$out"
+python -m dvt_ms.demo summarize --eval "$out/eval" --infer "${runs[@]}" --out "$out" --data "$data" \
+  --seconds "$(( $(date +%s) - start ))"
 echo "plots: $out/budget_curve.png, $out/exits_grid.png"
 echo "demo finished in $(( $(date +%s) - start ))s"

@@ -49,3 +49,15 @@ def test_engine_agrees_with_offline_evaluation(demo_run):
         assert engine["accuracy"] == pytest.approx(offline["validation_accuracy"], abs=1e-9)
         np.testing.assert_allclose(engine["exit_shares"], offline["validation_exit_shares"], atol=1e-12)
         assert engine["images"] == 8 * 8 and not engine["skipped"]
+
+
+def test_summary_headline_is_one_of_the_engine_runs_with_its_cost_from_the_exit_shares(demo_run):
+    out, stdout = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    headline = summary["headline_budget"]
+    assert headline in summary["budgets"]
+    cumulative = [e["cumulative_gflops"] for e in summary["per_exit"]]
+    assert headline["expected_gflops"] == pytest.approx(float(np.dot(headline["exit_shares"], cumulative)))
+    assert headline["share_of_last_exit_gflops"] == pytest.approx(headline["expected_gflops"] / cumulative[-1])
+    assert len(summary["mean_difficulty_by_exit"]) == len(cumulative)
+    assert f"DVT at {headline['budget_gflops']:.4f} GFLOPs" in stdout

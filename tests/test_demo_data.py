@@ -148,3 +148,86 @@ def test_object_mask_marks_where_the_object_was_drawn():
     assert mask.shape == (64, 64) and 0.0 <= mask.min() and mask.max() <= 1.0
     inside, outside = pixels[mask == 1].mean(axis=0), pixels[mask == 0].mean(axis=0)
     assert np.abs(inside - outside).max() > 40  # an easy image has a high-contrast object
+
+
+def test_a_custom_profile_is_deterministic_and_differs_from_the_default():
+    harder = demo_data.DifficultyProfile(radius=(0.30, 0.15), noise=(4.0, 20.0))
+
+    def render(profile, seed):
+        return generate_image(3, 0.6, np.random.default_rng(seed), 48, profile).tobytes()
+
+    assert render(harder, 5) == render(harder, 5)
+    assert render(harder, 5) != render(demo_data.DEFAULT_PROFILE, 5)
+
+
+def test_profile_is_part_of_the_manifest_and_another_profile_is_a_mismatch(tmp_path):
+    root = tmp_path / "demo"
+    manifest = write_dataset(root, **SMALL)
+    assert manifest["difficulty_profile"] == demo_data.DEFAULT_PROFILE.as_dict()
+    assert json.loads((root / "dataset.json").read_text()) == manifest  # pairs survive JSON as lists
+    with pytest.raises(DatasetMismatchError, match="difficulty_profile"):
+        write_dataset(root, profile=demo_data.DifficultyProfile(clutter=9.0), **SMALL)
+
+
+def test_difficulty_is_drawn_from_the_profiles_beta_distribution():
+    for a, b in ((1.0, 2.5), (2.0, 2.0)):
+        profile = demo_data.DifficultyProfile(difficulty_beta=(a, b))
+        draws = [demo_data._draw_difficulty(profile, np.random.default_rng([7, i])) for i in range(4000)]
+        assert np.mean(draws) == pytest.approx(a / (a + b), abs=0.01)
+        assert np.var(draws) == pytest.approx(a * b / ((a + b) ** 2 * (a + b + 1)), rel=0.1)
+
+
+def test_visible_object_shrinks_steadily_with_difficulty():
+    areas = [_statistics(d, samples_per_class=4)[0] for d in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert all(earlier > later for earlier, later in zip(areas, areas[1:])), areas
+
+
+def _visible_area(profile, difficulty, count=24, size=48):
+    return np.mean([demo_data.generate_sample(i % len(CLASS_NAMES), difficulty, np.random.default_rng([3, i]),
+                                              size, profile)[1].mean() for i in range(count)])
+
+
+def test_smaller_hard_radius_and_more_occlusion_make_hard_images_harder():
+    default = demo_data.DEFAULT_PROFILE
+    smaller = demo_data.DifficultyProfile(radius=(default.radius[0], default.radius[1] * 0.7))
+    occluded = demo_data.DifficultyProfile(occlusion=1.0)
+    assert _visible_area(smaller, 1.0) < 0.6 * _visible_area(default, 1.0)
+    assert _visible_area(occluded, 1.0) < _visible_area(default, 1.0)
+    # At difficulty 0 only the easy end counts: the hard-end change leaves the images alone.
+    assert _visible_area(smaller, 0.0) == _visible_area(default, 0.0)
+
+
+def test_pixel_noise_follows_the_profile_from_easy_to_hard():
+    """With the same seed, an image differs from its noise-free twin by exactly the added noise."""
+    noisy = demo_data.DifficultyProfile(noise=(3.0, 12.0))
+    clean = demo_data.DifficultyProfile(noise=(0.0, 0.0))
+    for difficulty in (0.0, 0.5, 1.0):
+        residuals = []
+        for i in range(6):
+            images = [np.asarray(generate_image(i, difficulty, np.random.default_rng([9, i]), 48, p), np.float32)
+                      for p in (noisy, clean)]
+            residual = images[0] - images[1]
+            unclipped = (images[1] > 40) & (images[1] < 215)  # far from 0 and 255, clipping is rare
+            residuals.append(residual[unclipped])
+        expected = 3.0 + (12.0 - 3.0) * difficulty
+        assert np.std(np.concatenate(residuals)) == pytest.approx(expected, rel=0.08)
+
+
+def _mean_offset_from_centre(profile, difficulty, count=24, size=48):
+    """Mean distance (pixels) of the visible object's centroid from the image centre."""
+    offsets = []
+    for i in range(count):
+        _, mask = demo_data.generate_sample(i % len(CLASS_NAMES), difficulty, np.random.default_rng([4, i]),
+                                            size, profile)
+        ys, xs = np.indices(mask.shape) + 0.5
+        centroid = np.array([(xs * mask).sum(), (ys * mask).sum()]) / mask.sum()
+        offsets.append(np.linalg.norm(centroid - size / 2))
+    return np.mean(offsets)
+
+
+def test_lower_placement_exponent_moves_objects_off_centre_sooner():
+    early = demo_data.DifficultyProfile(placement_exponent=0.5, occlusion=0.0)
+    linear = demo_data.DifficultyProfile(placement_exponent=1.0, occlusion=0.0)
+    assert _mean_offset_from_centre(early, 0.25) > 1.3 * _mean_offset_from_centre(linear, 0.25)
+    # both reach the whole frame at difficulty 1
+    assert _mean_offset_from_centre(early, 1.0) == pytest.approx(_mean_offset_from_centre(linear, 1.0))

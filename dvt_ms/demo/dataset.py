@@ -10,15 +10,16 @@ factor             difficulty 0 (easy)              difficulty 1 (hard)
 =================  ===============================  ================================
 object size        ~80% of the image side           ~34% of the image side
 position           centred                          anywhere that keeps it in frame
-contrast           large lightness gap              small lightness gap
+contrast           large lightness gap (0.55)       small lightness gap (0.22)
 background         flat                             gradient + blotchy texture
-clutter            none                             ~7 distractor lines and blobs
-occlusion          never                            often, a blob over part of it
-pixel noise        faint                            strong
+clutter            none                             ~5 distractor lines and blobs
+occlusion          never                            45% of images, a blob over part
+pixel noise        faint (std 2 of 255)             strong (std 14 of 255)
 =================  ===============================  ================================
 
-Each image's difficulty is drawn from Beta(1, 1.5): mostly easy images with a long tail of hard
-ones, as in natural photo collections. It is recorded in ``difficulty.json``.
+Each image's difficulty is drawn from Beta(1, 2.5): mostly easy images with a long tail of hard
+ones, as in natural photo collections. It is recorded in ``difficulty.json``. The numbers above
+are ``DEFAULT_PROFILE``, a ``DifficultyProfile``; a profile is part of the dataset's manifest.
 
 Colours are drawn independently of the class (random hue, random light-on-dark or dark-on-light),
 so only shape identifies the class. Distractors are lines and irregular blobs, never one of the
@@ -35,6 +36,7 @@ ordinary folder loaders read it. Command line::
 """
 import argparse
 import colorsys
+import dataclasses
 import json
 import logging
 import math
@@ -52,8 +54,8 @@ from ..errors import ConfigError, DVTError
 from ..fileio import apply_umask_modes
 
 __all__ = [
-    "CLASS_NAMES", "DatasetMismatchError", "generate_image", "generate_sample", "write_dataset",
-    "read_manifest",
+    "CLASS_NAMES", "DEFAULT_PROFILE", "DatasetMismatchError", "DifficultyProfile", "generate_image",
+    "generate_sample", "write_dataset", "read_manifest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ CLASS_NAMES = ("circle", "crescent", "cross", "ring", "square", "star", "stripes
 assert list(CLASS_NAMES) == sorted(CLASS_NAMES)
 
 # Bump whenever rendering changes: an old dataset on disk then no longer matches its manifest.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "dataset.json"
 DIFFICULTY_NAME = "difficulty.json"
 # "calib": held-out images for threshold calibration (index order fixes the per-image seeds).
@@ -81,31 +83,65 @@ class DatasetMismatchError(DVTError):
 # How difficulty maps to rendering factors
 # --------------------------------------------------------------------------------------------
 
-def _lerp(easy, hard, difficulty):
+@dataclasses.dataclass(frozen=True)
+class DifficultyProfile:
+    """How hard the dataset is: the rendering factors at difficulty 0 and 1, and how often each occurs.
+
+    Pairs are ``(easy, hard)``: the value at difficulty 0 and at 1, linear in between.
+    ``difficulty_beta``: the Beta(a, b) distribution images draw their difficulty from.
+    ``radius``: object radius as a fraction of the image side (x U(0.9, 1.1) per image).
+    ``lightness_gap``: object-background HLS lightness difference (x U(0.85, 1.15) per image).
+    ``clutter``: mean distractor count at difficulty 1 (Poisson, mean clutter * difficulty^1.5).
+    ``occlusion``: probability of an occluding blob at difficulty 1 (occlusion * difficulty^2).
+    ``noise``: Gaussian pixel noise std in 0..255 units.
+    ``placement_exponent``: position and rotation freedom grow as difficulty ** placement_exponent
+    (below 1: objects leave the centre and turn early, which a coarse token grid copes with worst).
+    """
+    difficulty_beta: tuple = (1.0, 2.5)
+    radius: tuple = (0.40, 0.17)
+    lightness_gap: tuple = (0.55, 0.22)
+    clutter: float = 5.0
+    occlusion: float = 0.45
+    noise: tuple = (2.0, 14.0)
+    placement_exponent: float = 0.5
+
+    def as_dict(self):
+        """JSON-ready: pairs as lists, so a manifest read back from disk compares equal."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(self).items()}
+
+
+# Small enough that the demo's DVT learns the shapes in minutes of CPU training, hard enough at the
+# tail that the coarse exit misses what the fine one sees (README, "What the demo shows").
+DEFAULT_PROFILE = DifficultyProfile()
+
+
+def _lerp(easy_and_hard, difficulty):
+    easy, hard = easy_and_hard
     return easy + (hard - easy) * difficulty
 
 
-def _object_radius_fraction(difficulty, rng):
+def _object_radius_fraction(profile, difficulty, rng):
     """Object radius as a fraction of the image side."""
-    return _lerp(0.40, 0.17, difficulty) * rng.uniform(0.9, 1.1)
+    return _lerp(profile.radius, difficulty) * rng.uniform(0.9, 1.1)
 
 
-def _lightness_gap(difficulty, rng):
+def _lightness_gap(profile, difficulty, rng):
     """Lightness difference between object and background (HLS lightness, 0..1)."""
-    return _lerp(0.55, 0.15, difficulty) * rng.uniform(0.85, 1.15)
+    return _lerp(profile.lightness_gap, difficulty) * rng.uniform(0.85, 1.15)
 
 
-def _distractor_count(difficulty, rng):
-    return int(rng.poisson(7.0 * difficulty ** 1.5))
+def _distractor_count(profile, difficulty, rng):
+    return int(rng.poisson(profile.clutter * difficulty ** 1.5))
 
 
-def _occlusion_probability(difficulty):
-    return 0.6 * difficulty ** 2
+def _occlusion_probability(profile, difficulty):
+    return profile.occlusion * difficulty ** 2
 
 
-def _noise_std(difficulty):
+def _noise_std(profile, difficulty):
     """Gaussian pixel noise, in 0..255 units."""
-    return _lerp(2.0, 18.0, difficulty)
+    return _lerp(profile.noise, difficulty)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,9 +159,9 @@ def _colour(lightness, rng):
     return int(round(red * 255)), int(round(green * 255)), int(round(blue * 255))
 
 
-def _object_and_background_lightness(difficulty, rng):
+def _object_and_background_lightness(profile, difficulty, rng):
     """Object and background lightnesses a gap apart, in random order, within [0.1, 0.9]."""
-    gap = min(_lightness_gap(difficulty, rng), 0.8)
+    gap = min(_lightness_gap(profile, difficulty, rng), 0.8)
     low = rng.uniform(0.1, 0.9 - gap)
     if rng.random() < 0.5:
         return low + gap, low
@@ -274,12 +310,13 @@ def _occluder_lightness(object_lightness, rng):
     return choices[int(rng.integers(len(choices)))] + rng.uniform(-0.05, 0.05)
 
 
-def _object_placement(canvas_size, difficulty, rng):
+def _object_placement(profile, canvas_size, difficulty, rng):
     """Centre, radius and rotation of the object: off-centre freedom grows with difficulty."""
-    r = canvas_size * _object_radius_fraction(difficulty, rng)
-    max_shift = max(canvas_size / 2 - r * 1.05, 0.0) * _lerp(0.08, 1.0, difficulty)
+    r = canvas_size * _object_radius_fraction(profile, difficulty, rng)
+    freedom = difficulty ** profile.placement_exponent
+    max_shift = max(canvas_size / 2 - r * 1.05, 0.0) * _lerp((0.08, 1.0), freedom)
     cx, cy = canvas_size / 2 + rng.uniform(-max_shift, max_shift, size=2)
-    theta = rng.uniform(-1, 1) * math.radians(_lerp(15.0, 180.0, difficulty))
+    theta = rng.uniform(-1, 1) * math.radians(_lerp((15.0, 180.0), freedom))
     return cx, cy, r, theta
 
 
@@ -287,9 +324,10 @@ def _object_placement(canvas_size, difficulty, rng):
 # Public rendering API
 # --------------------------------------------------------------------------------------------
 
-def generate_sample(class_index, difficulty, rng, size=64):
+def generate_sample(class_index, difficulty, rng, size=64, profile=DEFAULT_PROFILE):
     """Render one image; return ``(image, object_mask)``.
 
+    ``profile`` (a ``DifficultyProfile``) says what ``difficulty`` 0 and 1 look like.
     ``image`` is an RGB ``PIL.Image`` of ``size`` x ``size``. ``object_mask`` is a float32
     ``(size, size)`` array in [0, 1]: the fraction of each pixel covered by the visible (not
     occluded) class object, for tests and for analysing what a model looked at.
@@ -300,18 +338,18 @@ def generate_sample(class_index, difficulty, rng, size=64):
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
     canvas_size = size * SUPERSAMPLE
 
-    object_lightness, background_lightness = _object_and_background_lightness(difficulty, rng)
+    object_lightness, background_lightness = _object_and_background_lightness(profile, difficulty, rng)
     canvas = _render_background(_colour(background_lightness, rng), size, canvas_size,
                                 difficulty, rng)
     draw = ImageDraw.Draw(canvas)
 
     # Distractors sit behind the object and have the object's contrast, so the object cannot be
     # found merely by being the only high-contrast thing in the image.
-    for _ in range(_distractor_count(difficulty, rng)):
+    for _ in range(_distractor_count(profile, difficulty, rng)):
         colour = _colour(object_lightness + rng.uniform(-0.1, 0.1), rng)
         _draw_distractor(draw, canvas_size, colour, rng)
 
-    cx, cy, r, theta = _object_placement(canvas_size, difficulty, rng)
+    cx, cy, r, theta = _object_placement(profile, canvas_size, difficulty, rng)
     object_mask = Image.new("L", (canvas_size, canvas_size), 0)
     _SHAPE_DRAWERS[CLASS_NAMES[class_index]](ImageDraw.Draw(object_mask), cx, cy, r, theta, rng)
     # Pasting only the object's bounding box is several times faster than the whole canvas.
@@ -319,21 +357,21 @@ def generate_sample(class_index, difficulty, rng, size=64):
     if box is not None:
         canvas.paste(_colour(object_lightness, rng), box, object_mask.crop(box))
 
-    if rng.random() < _occlusion_probability(difficulty):
+    if rng.random() < _occlusion_probability(profile, difficulty):
         occluder = _occluder_points(cx, cy, r, rng)
         draw.polygon(occluder, fill=_colour(_occluder_lightness(object_lightness, rng), rng))
         ImageDraw.Draw(object_mask).polygon(occluder, fill=0)  # leaves only the visible part
 
     pixels = np.asarray(canvas.reduce(SUPERSAMPLE), dtype=np.float32)
-    pixels += rng.normal(0.0, _noise_std(difficulty), size=pixels.shape).astype(np.float32)
+    pixels += rng.normal(0.0, _noise_std(profile, difficulty), size=pixels.shape).astype(np.float32)
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
     visible = np.asarray(object_mask.reduce(SUPERSAMPLE), dtype=np.float32) / 255.0
     return image, visible
 
 
-def generate_image(class_index, difficulty, rng, size=64):
+def generate_image(class_index, difficulty, rng, size=64, profile=DEFAULT_PROFILE):
     """Render one RGB ``PIL.Image`` of class ``class_index`` at ``difficulty`` in [0, 1]."""
-    return generate_sample(class_index, difficulty, rng, size)[0]
+    return generate_sample(class_index, difficulty, rng, size, profile)[0]
 
 
 def _image_rng(seed, split, class_index, image_index):
@@ -341,20 +379,19 @@ def _image_rng(seed, split, class_index, image_index):
     return np.random.default_rng([seed, SPLITS.index(split), class_index, image_index])
 
 
-def _draw_difficulty(rng):
-    """Beta(1, 1.5) on [0, 1]: mostly easy images with a long tail of hard ones (mean 0.4).
-
-    DVT rests on most natural images being easy; plenty of easy training images also get a small
-    ViT off its initial plateau sooner. About 9% of images still land above 0.8.
+def _draw_difficulty(profile, rng):
+    """Beta(a, b) on [0, 1]; the default Beta(1, 2.5) gives mostly easy images with a long tail of
+    hard ones (mean 0.29), as DVT expects of natural photos. About 28% of images land above 0.4,
+    2% above 0.8; plenty of easy training images let a small ViT learn the shapes in minutes.
     """
-    return float(rng.beta(1.0, 1.5))
+    return float(rng.beta(*profile.difficulty_beta))
 
 
 # --------------------------------------------------------------------------------------------
 # Writing the dataset to disk
 # --------------------------------------------------------------------------------------------
 
-def _manifest(num_classes, train_per_class, val_per_class, calib_per_class, image_size, seed):
+def _manifest(num_classes, train_per_class, val_per_class, calib_per_class, image_size, seed, profile):
     return {
         "generator": "dvt_ms.demo_data",
         "generator_version": GENERATOR_VERSION,
@@ -365,6 +402,7 @@ def _manifest(num_classes, train_per_class, val_per_class, calib_per_class, imag
         "calib_per_class": calib_per_class,
         "image_size": image_size,
         "seed": seed,
+        "difficulty_profile": profile.as_dict(),
     }
 
 
@@ -386,7 +424,7 @@ def _check_parameters(num_classes, train_per_class, val_per_class, calib_per_cla
         raise ValueError(f"image_size must be at least 8, got {image_size}")
 
 
-def _write_split(directory, split, manifest, difficulties):
+def _write_split(directory, split, manifest, profile, difficulties):
     """Write every image of one split under ``directory/split``, recording difficulties."""
     count = manifest[f"{split}_per_class"]
     total, done = count * manifest["num_classes"], 0
@@ -395,8 +433,8 @@ def _write_split(directory, split, manifest, difficulties):
         class_dir.mkdir(parents=True)
         for image_index in range(count):
             rng = _image_rng(manifest["seed"], split, class_index, image_index)
-            difficulty = _draw_difficulty(rng)
-            image = generate_image(class_index, difficulty, rng, manifest["image_size"])
+            difficulty = _draw_difficulty(profile, rng)
+            image = generate_image(class_index, difficulty, rng, manifest["image_size"], profile)
             name = f"{class_name}_{image_index:05d}.png"
             # Noisy pixels barely compress: a light level is as small and twice as fast.
             image.save(class_dir / name, format="PNG", compress_level=1)
@@ -433,7 +471,7 @@ def _reuse_existing(root, manifest):
 
 
 def write_dataset(root, num_classes=len(CLASS_NAMES), train_per_class=300, val_per_class=75,
-                  image_size=64, seed=0, calib_per_class=0):
+                  image_size=64, seed=0, calib_per_class=0, profile=DEFAULT_PROFILE):
     """Write the dataset to ``root`` (or reuse it if already there) and return its manifest.
 
     Layout: ``root/{train,val[,calib]}/<class_name>/<class_name>_NNNNN.png``, ``root/difficulty.json``
@@ -443,7 +481,8 @@ def write_dataset(root, num_classes=len(CLASS_NAMES), train_per_class=300, val_p
     """
     _check_parameters(num_classes, train_per_class, val_per_class, calib_per_class, image_size)
     root = pathlib.Path(root)
-    manifest = _manifest(num_classes, train_per_class, val_per_class, calib_per_class, image_size, seed)
+    manifest = _manifest(num_classes, train_per_class, val_per_class, calib_per_class, image_size, seed,
+                         profile)
     existing = _reuse_existing(root, manifest)
     if existing is not None:
         logger.info("reusing demo dataset at %s", root)
@@ -455,7 +494,7 @@ def write_dataset(root, num_classes=len(CLASS_NAMES), train_per_class=300, val_p
         logger.info("generating demo dataset in %s", root)
         difficulties = {}
         for split in (s for s in SPLITS if manifest[f"{s}_per_class"] > 0):
-            _write_split(staging, split, manifest, difficulties)
+            _write_split(staging, split, manifest, profile, difficulties)
         _write_json(staging / DIFFICULTY_NAME, difficulties)
         _write_json(staging / MANIFEST_NAME, manifest)
         apply_umask_modes(staging)   # mkdtemp made it private (0700)
