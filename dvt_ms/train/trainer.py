@@ -73,18 +73,20 @@ class Trainer:
     """Everything one run needs, built and checked on construction; ``fit()`` trains.
 
     What can be known wrong raises a ``DVTError`` here, before any compilation or training and
-    without writing anything: a step that cannot fit in memory, an output_dir that cannot be
-    written or holds another run (``OutputPathError``), data problems (missing folders, empty
-    classes, class-count mismatch, too few images: ``DataError``).
+    without writing anything but the image-check cache (``output_dir/image_check``): a step that
+    cannot fit in memory, an output_dir that cannot be written or holds another run
+    (``OutputPathError``), data problems (missing folders, empty classes, class-count mismatch,
+    too few images: ``DataError``).
     """
 
     def __init__(self, config):
         self.config = config
         self.runtime = runtime = setup_runtime(config)
-        check_training_memory(build_config(config.model, **model_overrides(config)), config.batch_size, runtime)
+        model_config = build_config(config.model, **model_overrides(config))
+        check_training_memory(model_config, config.batch_size, runtime)
         self.run_folder = inspect_run_folder(config.output_dir, config.resume, config.overwrite)
 
-        num_classes = build_config(config.model, **model_overrides(config)).num_classes
+        num_classes = model_config.num_classes
         # The hold-out record is written once the run folder is claimed (``fit``); a run being moved
         # aside (overwrite=true) keeps its records to itself.
         self.train_data, self.val_data = open_training_data(config, num_classes, _image_check(config, runtime),
