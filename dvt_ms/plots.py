@@ -7,7 +7,6 @@ Fonts: DejaVu Sans when the system has it (it has symbols such as ✓ and ✗), 
 built-in font; symbols that font lacks are replaced by ASCII look-alikes.
 """
 import math
-import os
 
 from PIL import Image, ImageDraw, ImageFont
 

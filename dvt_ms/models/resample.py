@@ -56,12 +56,7 @@ class GridResample(nn.Cell):
         self.src, self.dst = src, dst
         matrix = grid_resample_matrix(src, dst)
         self.matrix = Tensor(matrix)
-        self.matrix_t = Tensor(np.ascontiguousarray(matrix.T))
 
     def tokens_then_channels(self, x):
         """(..., src², C) -> (..., dst², C): the token axis is second to last."""
         return ops.matmul(ops.cast(self.matrix, x.dtype), x)
-
-    def tokens_last(self, x):
-        """(..., src²) -> (..., dst²): the token axis is last."""
-        return ops.matmul(x, ops.cast(self.matrix_t, x.dtype))
