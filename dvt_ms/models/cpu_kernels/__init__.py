@@ -21,10 +21,12 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 
 import mindspore as ms
 from mindspore import ops
+
+from ...errors import DiskFullError
+from ...fileio import atomic_write
 
 __all__ = ["kernels_requested", "library_path", "gelu_op", "layer_norm_op", "use_native_ops"]
 
@@ -78,16 +80,8 @@ def _build(compiler, cache_dir):
     target = os.path.join(cache_dir, f"libdvt_cpu_kernels_{digest}.so")
     if os.path.exists(target):
         return target
-    os.makedirs(cache_dir, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=cache_dir)
-    os.close(handle)
-    try:
-        subprocess.run([compiler, *CXXFLAGS, "-o", staging, SOURCE], check=True, capture_output=True, text=True)
-        os.chmod(staging, 0o755)
-        os.replace(staging, target)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+    atomic_write(target, lambda staging: subprocess.run([compiler, *CXXFLAGS, "-o", staging, SOURCE], check=True,
+                                                        capture_output=True, text=True))
     return target
 
 
@@ -98,7 +92,7 @@ def library_path():
     if key not in _BUILDS:
         try:
             _BUILDS[key] = _build(compiler, cache_dir)
-        except (OSError, subprocess.CalledProcessError) as error:
+        except (OSError, subprocess.CalledProcessError, DiskFullError) as error:
             detail = getattr(error, "stderr", None) or str(error)
             LOGGER.warning("CPU kernels for GELU/LayerNorm not built (%s: %s); using MindSpore's native ops",
                            compiler, detail.strip().splitlines()[-1] if detail.strip() else type(error).__name__)
