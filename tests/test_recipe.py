@@ -11,7 +11,7 @@ from mindcv.loss import create_loss
 from mindcv.optim.optim_factory import init_group_params
 
 import dvt_ms
-from dvt_ms.config import load_config
+from dvt_ms.config import OPTIONS, load_config
 from dvt_ms.convert.published import torch_to_mindspore_name
 from dvt_ms.train.optim import create_optimizer, learning_rates, weight_decay_groups
 from dvt_ms.train.recipe import RECIPE_KEYS, recipe_markdown
@@ -130,6 +130,20 @@ def test_norm_and_bias_groups_equal_mindcvs_own_filter(golden_dir):
     for our_group, mindcv_group in zip(ours[:2], mindcv[:2]):
         assert [p.name for p in our_group["params"]] == [p.name for p in mindcv_group["params"]]
         assert our_group["weight_decay"] == mindcv_group["weight_decay"]
+
+
+@pytest.mark.parametrize("opt", OPTIONS["opt"].choices)
+def test_every_optimizer_decays_exactly_the_filtered_groups(golden_dir, opt):
+    model = _golden_model(golden_dir, "deit")
+    config = _config("dvt_deit_small_imagenet.yaml", opt=opt)
+    optimizer = create_optimizer(model, config, learning_rates(config, 1))
+    decayed = {param.name for param in weight_decay_groups(model, 0.05, "ndim1_and_bias")[0]["params"]}
+    assert [param.name for param in optimizer.parameters] == [param.name for param in model.trainable_params()]
+    flags = {param.name: bool(flag) for param, flag in zip(optimizer.parameters, optimizer.decay_flags)}
+    assert {name for name, flag in flags.items() if flag} == decayed
+    if opt == "adamw":
+        assert (float(optimizer.beta1[0]), float(optimizer.beta2[0])) == pytest.approx((0.9, 0.999))
+        assert float(optimizer.eps[0]) == pytest.approx(1e-8)
 
 
 def _zero_gradient_entries(name, shape, config):
