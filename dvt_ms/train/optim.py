@@ -25,23 +25,24 @@ from mindcv.scheduler.dynamic_lr import cosine_decay_lr, cosine_decay_refined_lr
 __all__ = ["WEIGHT_DECAY_FILTERS", "create_optimizer", "learning_rates", "weight_decay_groups"]
 
 
-def _ndim1_and_bias(param, model):
+def _ndim1_and_bias(param, listed):
     return param.ndim == 1 or param.name.endswith(".bias")
 
 
-def _norm_and_bias(param, model):
-    return any(part in param.name for part in ("beta", "gamma", "bias")) or param.name in model.no_weight_decay()
+def _norm_and_bias(param, listed):
+    return any(part in param.name for part in ("beta", "gamma", "bias")) or param.name in listed
 
 
-def _mindspore_norms(param, model):
+def _mindspore_norms(param, listed):
     return "beta" in param.name or "gamma" in param.name
 
 
-def _nothing(param, model):
+def _nothing(param, listed):
     return False
 
 
-# weight_decay_filter -> whether a trainable parameter is exempt from weight decay
+# weight_decay_filter -> whether a trainable parameter is exempt, given the names the model lists
+# in ``no_weight_decay()``
 WEIGHT_DECAY_FILTERS = {
     "ndim1_and_bias": _ndim1_and_bias,    # the authors' (timm 0.3 add_weight_decay, no skip list)
     "norm_and_bias": _norm_and_bias,      # mindcv's init_group_params with the model's no_weight_decay()
@@ -52,10 +53,12 @@ WEIGHT_DECAY_FILTERS = {
 
 def weight_decay_groups(model, weight_decay, weight_decay_filter):
     """MindSpore parameter groups of ``model``'s trainable parameters: decayed, exempt, and their order."""
-    exempt = WEIGHT_DECAY_FILTERS[weight_decay_filter]
+    is_exempt = WEIGHT_DECAY_FILTERS[weight_decay_filter]
+    listed = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     params = model.trainable_params()
-    return [{"params": [p for p in params if not exempt(p, model)], "weight_decay": weight_decay},
-            {"params": [p for p in params if exempt(p, model)], "weight_decay": 0.0},
+    exempt = [is_exempt(param, listed) for param in params]
+    return [{"params": [p for p, spared in zip(params, exempt) if not spared], "weight_decay": weight_decay},
+            {"params": [p for p, spared in zip(params, exempt) if spared], "weight_decay": 0.0},
             {"order_params": params}]
 
 
