@@ -62,14 +62,14 @@ def weight_decay_groups(model, weight_decay, weight_decay_filter):
             {"order_params": params}]
 
 
-def create_optimizer(model, config, learning_rates):
+def create_optimizer(model, config, lr_per_step):
     """The optimizer ``config`` asks for over ``model``'s trainable parameters, one learning rate per step."""
     groups = weight_decay_groups(model, config.weight_decay, config.weight_decay_filter)
     if config.opt == "adamw":
         beta1, beta2 = config.opt_betas
-        return AdamW(groups, learning_rate=learning_rates, beta1=beta1, beta2=beta2, eps=config.opt_eps)
+        return AdamW(groups, learning_rate=lr_per_step, beta1=beta1, beta2=beta2, eps=config.opt_eps)
     # Groups carry their weight decay; mindcv passes them through untouched only with its "auto" filter.
-    return mindcv_optimizer(groups, config.opt, lr=learning_rates, weight_decay_filter="auto")
+    return mindcv_optimizer(groups, config.opt, lr=lr_per_step, weight_decay_filter="auto")
 
 
 def learning_rates(config, steps_per_epoch):
