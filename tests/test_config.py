@@ -89,6 +89,32 @@ def test_data_dir_is_required():
         load_config(overrides={})
 
 
+@pytest.mark.parametrize("command", ["export", "calibrate"])
+def test_export_and_calibrate_check_only_the_keys_they_use(command):
+    """No dataset root, training schedule or mixup batch rule for a command that does not train."""
+    config = load_config(overrides={"batch_size": 63, "warmup_epochs": 400, "min_lr": 1.0}, command=command)
+    assert config.data_dir is None and config.batch_size == 63
+    message = _error({"batch_size": 63, "warmup_epochs": 400, "min_lr": 1.0, "data_dir": None})
+    for rule in ("data_dir must be set", "batch_size must be even", "warmup_epochs (400) exceeds epochs",
+                 "min_lr (1.0) exceeds lr"):
+        assert rule in message
+
+
+@pytest.mark.parametrize("command", ["train", "calibrate", "export"])
+def test_every_command_refuses_an_impossible_model(command):
+    with pytest.raises(ConfigError, match="embed_dim 100 is not divisible by num_heads 6"):
+        load_config(overrides={**REQUIRED, "model": "dvt_deit_small", "embed_dim": 100}, command=command)
+
+
+def test_the_config_carries_its_model_built_once_from_the_preset_and_the_model_keys():
+    config = load_config(overrides={**REQUIRED, "model": "dvt_deit_small", "embed_dim": 32, "num_heads": 2,
+                                    "patch_grids": [2, 4, 8], "img_size": 32})
+    assert config.arch == build_config("dvt_deit_small", embed_dim=32, num_heads=2, patch_grids=(2, 4, 8),
+                                       img_size=32)
+    assert config.arch.depth == build_config("dvt_deit_small").depth   # unset keys keep the preset's value
+    assert "arch" not in config.as_dict() and load_config(overrides=config.as_dict()).arch == config.arch
+
+
 def test_all_errors_reported_at_once():
     message = _error({"batch_size": -1, "lr": "x", "epoch": 3})
     assert "batch_size" in message and "lr" in message and "did you mean 'epochs'" in message

@@ -95,12 +95,12 @@ def _scores(model, config, split, img_size, description):
 
 def _run(args):
     from ..checkpoint import load_model_weights
-    from ..config import load_config, model_overrides
+    from ..config import load_config
     from ..data import ImageCheck, open_dataset
     from ..device import use_device
     from ..errors import ConfigError, DataError
     from ..fileio import prepare_staged_directory
-    from ..models import create_model
+    from ..models import DVT
     from ..models.flops import model_flops
     from . import search
     from .report import calibrate, write_report
@@ -108,7 +108,7 @@ def _run(args):
     overrides = cli.parse_overrides(args.overrides)
     if args.data:
         overrides["data_dir"] = args.data
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides, command="calibrate")
     if not config.data_dir:
         raise ConfigError("no dataset: pass --data DIR or set data_dir")
     out_dir = args.out or os.path.join(config.output_dir, "eval")
@@ -119,7 +119,7 @@ def _run(args):
     val_data = open_dataset(config, config.val_split, calib_data.class_names or class_names,
                             ImageCheck(cache, check=config.verify_images), reference=reference)
     use_device(config.device_target)
-    model = create_model(config.model, **model_overrides(config))
+    model = DVT(config.arch)
     for data in (calib_data, val_data):
         if data.num_classes != model.config.num_classes:
             raise DataError(f"{data.name} has {data.num_classes} classes, the model {model.config.num_classes}")

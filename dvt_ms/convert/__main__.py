@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .. import cli
-from ..models.presets import PRESETS
+from ..models.presets import list_presets
 from .published import convert_checkpoint
 
 
@@ -15,7 +15,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dvt_ms.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="published checkpoint (*.pth.tar)")
     parser.add_argument("dst", help="MindSpore checkpoint to write (*.ckpt)")
-    parser.add_argument("--model", required=True, choices=sorted(PRESETS), help="preset the checkpoint belongs to")
+    parser.add_argument("--model", required=True, choices=list_presets(published=True),
+                        help="published preset the checkpoint belongs to")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="architecture override, e.g. num_classes=10")
     args = parser.parse_intermixed_args(argv)

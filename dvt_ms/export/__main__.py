@@ -31,23 +31,22 @@ def _class_names(config, num_classes):
 
 def _run(args):
     from ..checkpoint import load_model_weights
-    from ..config import load_config, model_overrides
+    from ..config import load_config
     from ..deploy.manifest import check_thresholds_fit, read_thresholds
     from ..deploy.preprocess import resize_for_crop
     from ..device import use_device
     from ..fileio import prepare_staged_directory
-    from ..models import build_config, create_model
+    from ..models import DVT
     from .writer import IMAGENET_MEAN, IMAGENET_STD, export_model
 
-    config = load_config(args.config, cli.parse_overrides(args.overrides))
+    config = load_config(args.config, cli.parse_overrides(args.overrides), command="export")
     prepare_staged_directory(args.out, args.overwrite)
     thresholds = None
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
-        check_thresholds_fit(thresholds, config.model,
-                             build_config(config.model, **model_overrides(config)).num_exits, args.thresholds)
+        check_thresholds_fit(thresholds, config.model, config.arch.num_exits, args.thresholds)
     use_device(config.device_target)
-    model = create_model(config.model, **model_overrides(config))
+    model = DVT(config.arch)
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
     preprocess = {"img_size": model.config.img_size, "crop_pct": config.crop_pct,
                   "resize": resize_for_crop(model.config.img_size, config.crop_pct),
