@@ -16,7 +16,6 @@ batch-1 latency (streaming; p50/p95 overall and per exit).
 ``--preset`` and ``--config`` export a randomly initialised model first (latency does not depend on
 the weights).
 """
-import argparse
 import logging
 import os
 import statistics
@@ -26,6 +25,7 @@ import time
 import numpy as np
 import mindspore as ms
 
+from dvt_ms import cli
 from dvt_ms.calibrate import search
 from dvt_ms.deploy.engine import EarlyExitEngine
 from dvt_ms.deploy.preprocess import Preprocessor
@@ -87,7 +87,7 @@ def _write_jpegs(folder, count, size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("benchmarks/early_exit_engine.py", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="export this preset with random weights and benchmark it")
     source.add_argument("--config", help="export this config's model with random weights (e.g. configs/demo.yaml)")

@@ -165,7 +165,9 @@ def test_reported_t2t_command_trains_at_O2(tmp_path, make_class_folders):
     """Issue 12's command: a T2T model on 224 px images with the Ascend/GPU level forced on the CPU."""
     make_class_folders(tmp_path / "data" / "train", 4, per_class=2)
     make_class_folders(tmp_path / "data" / "val", 4, per_class=1, seed=1)
-    settings = dict(model="dvt_t2t_vit_12", patch_grids=None, token_dim=16, img_size=224, num_classes=4,
+    # configs/tiny_cpu.yaml's width and depth (its preset, dvt_tiny, is a deit one)
+    settings = dict(model="dvt_t2t_vit_12", embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                    patch_grids=None, token_dim=16, img_size=224, num_classes=4,
                     batch_size=4, num_workers=1, amp_level="O2", max_steps=2, log_every_steps=1,
                     progress_bar="never", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"))
     result = run_script("configs/tiny_cpu.yaml", *as_overrides(settings), timeout=600)

@@ -12,7 +12,6 @@ exists); otherwise the default is the training split, i.e. images the model was 
 authors calibrate); any other name is that split of the dataset. --calib_size draws that many of
 them by the config's seed (default: 5000 of the training split, all of any other source).
 """
-import argparse
 import logging
 import os
 import sys
@@ -145,8 +144,7 @@ def _run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="run_eval.sh", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = cli.argument_parser("dvt_ms.calibrate", __doc__)
     parser.add_argument("config", help="YAML config (model and data keys are used; the run's config.yaml "
                         "carries its class names)")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")

@@ -3,7 +3,6 @@
 Writes DST.ckpt and, beside it, DST.published.yaml with the checkpoint's published results.
 key=value pairs override the preset's architecture (e.g. num_classes=10).
 """
-import argparse
 import sys
 
 from .. import cli
@@ -12,7 +11,7 @@ from .published import convert_checkpoint
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m dvt_ms.convert", description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("dvt_ms.convert", __doc__)
     parser.add_argument("src", help="published checkpoint (*.pth.tar)")
     parser.add_argument("dst", help="MindSpore checkpoint to write (*.ckpt)")
     parser.add_argument("--model", required=True, choices=list_presets(published=True),

@@ -7,7 +7,6 @@ tensors exit k+1 needs, all with a dynamic batch dimension, so an engine can pas
 images that did not exit. The manifest says how to preprocess, what each graph takes and gives,
 each exit's GFLOPs and, when given, the calibrated thresholds.
 """
-import argparse
 import os
 import sys
 
@@ -59,7 +58,7 @@ def _run(args):
 def main(argv=None):
     from .writer import PRECISIONS
 
-    parser = argparse.ArgumentParser(prog="run_export.sh", description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("dvt_ms.export", __doc__)
     parser.add_argument("config", help="YAML config of the model")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")
     parser.add_argument("--out", required=True, help="directory for exit*.mindir and manifest.yaml")
