@@ -1,8 +1,8 @@
 """The run configuration shared by train, calibrate and export: one schema, flat mindcv-style
 YAML keys, validated on load.
 
-``SCHEMA`` is the single source of truth: every key as a ``dvt_ms.schema.Field`` with its type,
-default and a one-line doc. ``load_config`` reads a YAML file plus ``key=value`` overrides and
+``SCHEMA`` is the single source of truth: every key as an ``Option`` (a ``dvt_ms.schema.Field``)
+with its type, default and a one-line doc. ``load_config`` reads a YAML file plus ``key=value`` overrides and
 returns a ``RunConfig``: one attribute per key, and ``arch``, the ``DVTConfig`` of the model,
 built and checked once. Every problem is reported at once: unknown keys (with the nearest valid
 one), wrong types and impossible values, naming the key, the value and where it came from.
@@ -20,9 +20,9 @@ import yaml
 
 from .errors import ConfigError
 from .models.presets import MODEL_FIELDS, OVERRIDABLE_KEYS, build_config, list_presets
-from .schema import Field, check_fields, format_default, raise_problems, suggest_key as _nearest
+from .schema import Field as Option, check_fields, format_default, raise_problems, suggest_key as _nearest
 
-__all__ = ["SCHEMA", "OPTIONS", "ALIASES", "COMMANDS", "RunConfig", "load_config", "model_overrides",
+__all__ = ["Option", "SCHEMA", "OPTIONS", "ALIASES", "COMMANDS", "RunConfig", "load_config", "model_overrides",
            "schema_markdown", "suggest_key"]
 
 _KIND_NAMES = {"ints": "list of int", "strs": "list of str", "pair": "[float, float]"}
@@ -37,102 +37,102 @@ def _model_options():
 
 
 SCHEMA = (
-    Field("model", "str", "dvt_t2t_vit_12", "preset name (`dvt-flops --list` lists them)", "model",
-          choices=tuple(list_presets())),
+    Option("model", "str", "dvt_t2t_vit_12", "preset name (`dvt-flops --list` lists them)", "model",
+           choices=tuple(list_presets())),
     *_model_options(),
-    Field("pretrained", "str", None, "converted published checkpoint (.ckpt) to start from", "model",
-          nullable=True),
+    Option("pretrained", "str", None, "converted published checkpoint (.ckpt) to start from", "model",
+           nullable=True),
 
-    Field("dataset", "str", "imagenet", "imagenet = ImageNet-style class folders; cifar10/cifar100 = "
-          "the binary batches", "data", choices=("imagenet", "cifar10", "cifar100")),
-    Field("data_dir", "str", None, "dataset root (holds the split folders or the CIFAR .bin files)",
-          "data", nullable=True),
-    Field("train_split", "str", "train", "training split (folder name; CIFAR: train)", "data"),
-    Field("val_split", "str", "val", "validation split (folder name; CIFAR: test)", "data"),
-    Field("class_names", "strs", None, "class names in label order; null = the sorted class folders of "
-          "train_split. Every split's folders map to labels by these names; training records the list in "
-          "the run's config.yaml", "data", nullable=True),
-    Field("verify_images", "bool", True, "decode every image once (results cached in output_dir/image_check, "
-          "shared by all ranks) and leave out unreadable ones, naming each", "data"),
-    Field("holdout_per_class", "int", 0, "images per class kept out of training (drawn by seed, recorded in "
-          "output_dir/holdout.json); calibration then uses exactly those", "data", minimum=0),
-    Field("batch_size", "int", 64, "images per device per step", "data", minimum=1),
-    Field("num_workers", "int", 4, "data pipeline workers per device", "data", minimum=1),
+    Option("dataset", "str", "imagenet", "imagenet = ImageNet-style class folders; cifar10/cifar100 = "
+           "the binary batches", "data", choices=("imagenet", "cifar10", "cifar100")),
+    Option("data_dir", "str", None, "dataset root (holds the split folders or the CIFAR .bin files)",
+           "data", nullable=True),
+    Option("train_split", "str", "train", "training split (folder name; CIFAR: train)", "data"),
+    Option("val_split", "str", "val", "validation split (folder name; CIFAR: test)", "data"),
+    Option("class_names", "strs", None, "class names in label order; null = the sorted class folders of "
+           "train_split. Every split's folders map to labels by these names; training records the list in "
+           "the run's config.yaml", "data", nullable=True),
+    Option("verify_images", "bool", True, "decode every image once (results cached in output_dir/image_check, "
+           "shared by all ranks) and leave out unreadable ones, naming each", "data"),
+    Option("holdout_per_class", "int", 0, "images per class kept out of training (drawn by seed, recorded in "
+           "output_dir/holdout.json); calibration then uses exactly those", "data", minimum=0),
+    Option("batch_size", "int", 64, "images per device per step", "data", minimum=1),
+    Option("num_workers", "int", 4, "data pipeline workers per device", "data", minimum=1),
 
-    Field("interpolation", "str", "bicubic", "resize interpolation (train and eval)", "augmentation",
-          choices=("bilinear", "bicubic", "nearest", "area")),
-    Field("scale", "pair", (0.08, 1.0), "RandomResizedCrop area range", "augmentation",
-          minimum=0.0, maximum=1.0),
-    Field("ratio", "pair", (0.75, 1.333), "RandomResizedCrop aspect-ratio range", "augmentation",
-          minimum=0.0),
-    Field("hflip", "float", 0.5, "horizontal flip probability", "augmentation", minimum=0.0, maximum=1.0),
-    Field("auto_augment", "str", "randaug-m9-mstd0.5-inc1", "mindcv auto-augment policy "
-          "(randaug-..., autoaug, trivialaugwide, augmix) or null", "augmentation", nullable=True),
-    Field("re_prob", "float", 0.25, "random erasing probability", "augmentation", minimum=0.0, maximum=1.0),
-    Field("mixup", "float", 0.8, "mixup alpha (0 = off)", "augmentation", minimum=0.0),
-    Field("cutmix", "float", 1.0, "cutmix alpha (0 = off)", "augmentation", minimum=0.0),
-    Field("cutmix_prob", "float", 1.0, "probability that a batch is mixed (mixup or cutmix)",
-          "augmentation", minimum=0.0, maximum=1.0),
-    Field("label_smoothing", "float", 0.1, "label smoothing of every exit's cross-entropy",
-          "augmentation", minimum=0.0, below=1.0),
-    Field("crop_pct", "float", 0.875, "eval: resize to round(img_size / crop_pct), then center-crop "
-          "img_size", "augmentation", minimum=0.05, maximum=1.0),
+    Option("interpolation", "str", "bicubic", "resize interpolation (train and eval)", "augmentation",
+           choices=("bilinear", "bicubic", "nearest", "area")),
+    Option("scale", "pair", (0.08, 1.0), "RandomResizedCrop area range", "augmentation",
+           minimum=0.0, maximum=1.0),
+    Option("ratio", "pair", (0.75, 1.333), "RandomResizedCrop aspect-ratio range", "augmentation",
+           minimum=0.0),
+    Option("hflip", "float", 0.5, "horizontal flip probability", "augmentation", minimum=0.0, maximum=1.0),
+    Option("auto_augment", "str", "randaug-m9-mstd0.5-inc1", "mindcv auto-augment policy "
+           "(randaug-..., autoaug, trivialaugwide, augmix) or null", "augmentation", nullable=True),
+    Option("re_prob", "float", 0.25, "random erasing probability", "augmentation", minimum=0.0, maximum=1.0),
+    Option("mixup", "float", 0.8, "mixup alpha (0 = off)", "augmentation", minimum=0.0),
+    Option("cutmix", "float", 1.0, "cutmix alpha (0 = off)", "augmentation", minimum=0.0),
+    Option("cutmix_prob", "float", 1.0, "probability that a batch is mixed (mixup or cutmix)",
+           "augmentation", minimum=0.0, maximum=1.0),
+    Option("label_smoothing", "float", 0.1, "label smoothing of every exit's cross-entropy",
+           "augmentation", minimum=0.0, below=1.0),
+    Option("crop_pct", "float", 0.875, "eval: resize to round(img_size / crop_pct), then center-crop "
+           "img_size", "augmentation", minimum=0.05, maximum=1.0),
 
-    Field("opt", "str", "adamw", "mindcv optimizer", "optimisation",
-          choices=("adamw", "adam", "sgd", "momentum", "nesterov", "lion", "nadam", "adan", "lamb")),
-    Field("lr", "float", 5e-4, "peak learning rate (for the whole batch across devices)", "optimisation",
-          minimum=0.0),
-    Field("weight_decay", "float", 0.05, "decoupled weight decay", "optimisation", minimum=0.0),
-    Field("weight_decay_filter", "str", "norm_and_bias", "mindcv's weight-decay filter; norm_and_bias also exempts class tokens and "
-          "position embeddings",
-          "optimisation", choices=("disable", "norm_and_bias", "auto")),
-    Field("clip_grad_norm", "float", None, "clip the global gradient norm to this (null = no clipping)",
-          "optimisation", nullable=True, minimum=0.0),
-    Field("ema", "bool", False, "keep an exponential moving average of the weights (evaluated and saved)",
-          "optimisation"),
-    Field("ema_decay", "float", 0.99996, "EMA decay per step", "optimisation", minimum=0.0, below=1.0),
+    Option("opt", "str", "adamw", "mindcv optimizer", "optimisation",
+           choices=("adamw", "adam", "sgd", "momentum", "nesterov", "lion", "nadam", "adan", "lamb")),
+    Option("lr", "float", 5e-4, "peak learning rate (for the whole batch across devices)", "optimisation",
+           minimum=0.0),
+    Option("weight_decay", "float", 0.05, "decoupled weight decay", "optimisation", minimum=0.0),
+    Option("weight_decay_filter", "str", "norm_and_bias", "mindcv's weight-decay filter; norm_and_bias also exempts class tokens and "
+           "position embeddings",
+           "optimisation", choices=("disable", "norm_and_bias", "auto")),
+    Option("clip_grad_norm", "float", None, "clip the global gradient norm to this (null = no clipping)",
+           "optimisation", nullable=True, minimum=0.0),
+    Option("ema", "bool", False, "keep an exponential moving average of the weights (evaluated and saved)",
+           "optimisation"),
+    Option("ema_decay", "float", 0.99996, "EMA decay per step", "optimisation", minimum=0.0, below=1.0),
 
-    Field("scheduler", "str", "cosine_decay", "learning-rate schedule after warm-up (mindcv)", "schedule",
-          choices=("cosine_decay", "constant")),
-    Field("epochs", "int", 300, "warm-up + decay epochs; training runs epochs + cooldown_epochs",
-          "schedule", minimum=1),
-    Field("warmup_epochs", "int", 20, "linear warm-up epochs, from warmup_lr to lr", "schedule", minimum=0),
-    Field("warmup_lr", "float", 1e-6, "learning rate at the first step", "schedule", minimum=0.0),
-    Field("min_lr", "float", 1e-5, "learning rate at the end of the decay and during cool-down",
-          "schedule", minimum=0.0),
-    Field("cooldown_epochs", "int", 10, "epochs at min_lr after the decay", "schedule", minimum=0),
+    Option("scheduler", "str", "cosine_decay", "learning-rate schedule after warm-up (mindcv)", "schedule",
+           choices=("cosine_decay", "constant")),
+    Option("epochs", "int", 300, "warm-up + decay epochs; training runs epochs + cooldown_epochs",
+           "schedule", minimum=1),
+    Option("warmup_epochs", "int", 20, "linear warm-up epochs, from warmup_lr to lr", "schedule", minimum=0),
+    Option("warmup_lr", "float", 1e-6, "learning rate at the first step", "schedule", minimum=0.0),
+    Option("min_lr", "float", 1e-5, "learning rate at the end of the decay and during cool-down",
+           "schedule", minimum=0.0),
+    Option("cooldown_epochs", "int", 10, "epochs at min_lr after the decay", "schedule", minimum=0),
 
-    Field("device_target", "str", "auto", "auto picks Ascend, then GPU, then CPU", "device",
-          choices=("auto", "Ascend", "GPU", "CPU")),
-    Field("amp_level", "str", "auto", "mixed precision level; auto = O2 on Ascend/GPU, O0 (fp32) on CPU",
-          "device", choices=("auto", "O0", "O1", "O2", "O3")),
-    Field("amp_dtype", "str", "auto", "low-precision dtype; auto = float16", "device",
-          choices=("auto", "float16", "bfloat16")),
-    Field("loss_scale_type", "str", "auto", "auto = dynamic for float16, none otherwise", "device",
-          choices=("auto", "none", "fixed", "dynamic")),
-    Field("loss_scale", "float", 65536.0, "(initial) loss scale", "device", minimum=1.0),
-    Field("data_sink", "bool", False, "Ascend/GPU: feed batches through the device's data queue "
-          "(mindspore.data_sink; ignored on CPU; not yet measured on a device)", "device"),
-    Field("seed", "int", 0, "seed for weights, data order and augmentation", "device", minimum=0),
+    Option("device_target", "str", "auto", "auto picks Ascend, then GPU, then CPU", "device",
+           choices=("auto", "Ascend", "GPU", "CPU")),
+    Option("amp_level", "str", "auto", "mixed precision level; auto = O2 on Ascend/GPU, O0 (fp32) on CPU",
+           "device", choices=("auto", "O0", "O1", "O2", "O3")),
+    Option("amp_dtype", "str", "auto", "low-precision dtype; auto = float16", "device",
+           choices=("auto", "float16", "bfloat16")),
+    Option("loss_scale_type", "str", "auto", "auto = dynamic for float16, none otherwise", "device",
+           choices=("auto", "none", "fixed", "dynamic")),
+    Option("loss_scale", "float", 65536.0, "(initial) loss scale", "device", minimum=1.0),
+    Option("data_sink", "bool", False, "Ascend/GPU: feed batches through the device's data queue "
+           "(mindspore.data_sink; ignored on CPU; not yet measured on a device)", "device"),
+    Option("seed", "int", 0, "seed for weights, data order and augmentation", "device", minimum=0),
 
-    Field("output_dir", "str", "outputs/run", "the run's folder: checkpoints, config.yaml, log.jsonl, run.json "
-          "(one run per folder)", "checkpoints"),
-    Field("overwrite", "bool", False, "a new run into an output_dir holding another run moves that run to "
-          "<output_dir>.old-<date>-<time> first (else it refuses to start)", "checkpoints"),
-    Field("save_every_epochs", "int", 1, "checkpoint at the end of every N epochs (0 = never)",
-          "checkpoints", minimum=0),
-    Field("save_every_steps", "int", 0, "also checkpoint every N steps (0 = never)", "checkpoints", minimum=0),
-    Field("keep_checkpoints", "int", 3, "keep the last N periodic checkpoints (best.ckpt is kept apart)",
-          "checkpoints", minimum=1),
-    Field("resume", "str", None, "checkpoint to continue from, or auto = the newest in output_dir",
-          "checkpoints", nullable=True),
-    Field("max_steps", "int", None, "stop after this many steps in total (smoke tests)", "checkpoints",
-          nullable=True, minimum=1),
+    Option("output_dir", "str", "outputs/run", "the run's folder: checkpoints, config.yaml, log.jsonl, run.json "
+           "(one run per folder)", "checkpoints"),
+    Option("overwrite", "bool", False, "a new run into an output_dir holding another run moves that run to "
+           "<output_dir>.old-<date>-<time> first (else it refuses to start)", "checkpoints"),
+    Option("save_every_epochs", "int", 1, "checkpoint at the end of every N epochs (0 = never)",
+           "checkpoints", minimum=0),
+    Option("save_every_steps", "int", 0, "also checkpoint every N steps (0 = never)", "checkpoints", minimum=0),
+    Option("keep_checkpoints", "int", 3, "keep the last N periodic checkpoints (best.ckpt is kept apart)",
+           "checkpoints", minimum=1),
+    Option("resume", "str", None, "checkpoint to continue from, or auto = the newest in output_dir",
+           "checkpoints", nullable=True),
+    Option("max_steps", "int", None, "stop after this many steps in total (smoke tests)", "checkpoints",
+           nullable=True, minimum=1),
 
-    Field("log_every_steps", "int", 50, "a log line every N steps", "logging", minimum=1),
-    Field("val_every_epochs", "int", 1, "validate every N epochs (0 = never)", "logging", minimum=0),
-    Field("progress_bar", "str", "auto", "auto = when stdout is a terminal", "logging",
-          choices=("auto", "always", "never")),
+    Option("log_every_steps", "int", 50, "a log line every N steps", "logging", minimum=1),
+    Option("val_every_epochs", "int", 1, "validate every N epochs (0 = never)", "logging", minimum=0),
+    Option("progress_bar", "str", "auto", "auto = when stdout is a terminal", "logging",
+           choices=("auto", "always", "never")),
 )
 OPTIONS = {option.name: option for option in SCHEMA}
 
