@@ -103,7 +103,7 @@ def _run(args):
     from ..models import create_model
     from ..models.flops import model_flops
     from . import search
-    from .report import calibrate, write_report
+    from .report import REPORT_FOLDER, calibrate, write_report
 
     overrides = cli.parse_overrides(args.overrides)
     if args.data:
@@ -112,7 +112,7 @@ def _run(args):
     if not config.data_dir:
         raise ConfigError("no dataset: pass --data DIR or set data_dir")
     out_dir = args.out or os.path.join(config.output_dir, "eval")
-    prepare_staged_directory(out_dir, args.overwrite)   # before hours of evaluation, not after
+    prepare_staged_directory(out_dir, REPORT_FOLDER, args.overwrite)   # before hours of evaluation, not after
     class_names, reference = _run_class_names(config)
     calib_data, source = _calibration_split(config, args, class_names, reference)
     cache = os.path.join(config.output_dir, "image_check") if os.path.isdir(config.output_dir) else None
@@ -159,7 +159,8 @@ def main(argv=None):
                         help="images drawn from the calibration images (default: 5000 of the training split, "
                         "all of any other; the authors used 50000 training images)")
     parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out (a folder holding anything "
+                        "else is never replaced)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)   # key=value may follow the options
     if args.calib_size is not None and args.calib_size < 1:

@@ -37,10 +37,10 @@ def _run(args):
     from ..device import use_device
     from ..fileio import prepare_staged_directory
     from ..models import build_config, create_model
-    from .writer import IMAGENET_MEAN, IMAGENET_STD, export_model
+    from .writer import EXPORT_FOLDER, IMAGENET_MEAN, IMAGENET_STD, export_model
 
     config = load_config(args.config, cli.parse_overrides(args.overrides))
-    prepare_staged_directory(args.out, args.overwrite)
+    prepare_staged_directory(args.out, EXPORT_FOLDER, args.overwrite)
     thresholds = None
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
@@ -66,14 +66,15 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="directory for exit*.mindir and manifest.yaml")
     parser.add_argument("--thresholds", help="thresholds.yaml from run_eval.sh, stored in the manifest")
     parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (a folder holding anything "
+                        "else is never replaced)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="float32",
                         help="compute dtype of the graphs; float16/bfloat16 keep LayerNorm and the model's float32 "
                              "islands in float32 (convert them for Ascend with precision_mode=enforce_origin)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)   # key=value may follow the options
     cli.setup_logging(timestamps=False)
-    return cli.run(lambda: _run(args))
+    return cli.run(lambda: _run(args), defer_interrupts=True)
 
 
 if __name__ == "__main__":
