@@ -17,7 +17,7 @@ LAYERS = [   # lowest first; a part is a subpackage or a top-level module ("dvt_
     {CONTRACT},
     {"deploy"},
     {"models", "data", "checkpoint"},
-    {"config", "convert"},
+    {"config", "convert", "runrecord"},   # runrecord: what a training run recorded, read by later commands
     {"train"},
     {"calibrate"},
     {"export"},
@@ -25,7 +25,8 @@ LAYERS = [   # lowest first; a part is a subpackage or a top-level module ("dvt_
 ]
 LAYER = {part: floor for floor, parts in enumerate(LAYERS) for part in parts}
 # What deployment may never need, not even through another module.
-NOT_FOR_DEPLOYMENT = {"models", "data", "checkpoint", "config", "convert", "train", "calibrate", "export", "demo"}
+NOT_FOR_DEPLOYMENT = {"models", "data", "checkpoint", "config", "convert", "runrecord", "train", "calibrate",
+                      "export", "demo"}
 
 
 def _modules():
