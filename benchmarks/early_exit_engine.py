@@ -35,13 +35,11 @@ LOGGER = logging.getLogger("early_exit_engine")
 
 def _export_random(out_dir, preset=None, config_path=None):
     import dvt_ms
-    from dvt_ms.config import load_config, model_overrides
+    from dvt_ms.config import load_config
     from dvt_ms.deploy.preprocess import resize_for_crop
     from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
-    # the benchmark reads no dataset: data_dir only satisfies the run-config check
-    overrides = {"data_dir": "unused"} if config_path else {"model": preset, "data_dir": "unused"}
-    config = load_config(config_path, overrides)
-    model = dvt_ms.create_model(config.model, **model_overrides(config))
+    config = load_config(config_path, None if config_path else {"model": preset}, command="export")
+    model = dvt_ms.DVT(config.arch)
     img_size = model.config.img_size
     preprocess = {"img_size": img_size, "crop_pct": config.crop_pct,
                   "resize": resize_for_crop(img_size, config.crop_pct), "interpolation": config.interpolation,

@@ -53,7 +53,7 @@ def _unreachable_weights(config):
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_every_preset_compiles_forward_and_backward_reaching_every_weight_that_matters(name):
     ms.set_seed(0)
-    model = dvt_ms.models.DVT(reduced(name))
+    model = dvt_ms.DVT(reduced(name))
     model.set_train(True)
     loss_fn = nn.CrossEntropyLoss()
     labels = ms.Tensor(np.array([1, 3], np.int32))
@@ -78,7 +78,7 @@ def test_every_preset_runs_forward_and_its_analytic_flops_are_the_macs_its_cells
 
     Exact for everything but the resampling of the reuse paths, which the Cells run as one
     Kronecker product and flops.py counts at its separable cost (never more than what runs)."""
-    model = dvt_ms.models.DVT(reduced(name))
+    model = dvt_ms.DVT(reduced(name))
     model.set_train(False)
     measured, logits = count_stage_macs(model, _images(model.config, batch=1), monkeypatch)
     assert len(logits) == 3 and all(x.shape == (1, NUM_CLASSES) and np.isfinite(x).all() for x in logits)
@@ -96,7 +96,7 @@ def test_every_preset_exports_graphs_that_compute_what_its_cells_do(name, tmp_pa
     from dvt_ms.export.writer import export_model
     from dvt_ms.deploy.preprocess import resize_for_crop
     ms.set_seed(0)
-    model = dvt_ms.models.DVT(reduced(name))
+    model = dvt_ms.DVT(reduced(name))
     model.set_train(False)
     config = model.config
     preprocess = {"img_size": config.img_size, "crop_pct": 1.0, "resize": resize_for_crop(config.img_size, 1.0),
