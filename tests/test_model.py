@@ -144,7 +144,7 @@ def test_overrides_reach_the_model():
                                 mlp_ratio=1.0, img_size=64, patch_grids=[4, 6, 8], drop_path_rate=0.1)
     assert model.config.grids == (4, 6, 8)
     assert model.stages[2].head.weight.shape == (7, 32)
-    with pytest.raises(ValueError, match="unknown override"):
+    with pytest.raises(ValueError, match="unknown key 'embed_dimm'; did you mean 'embed_dim'"):
         dvt_ms.create_model("dvt_deit_small", embed_dimm=32)
     with pytest.raises(ValueError, match="unknown model"):
         dvt_ms.create_model("dvt_vit_huge")

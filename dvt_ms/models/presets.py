@@ -282,7 +282,9 @@ def dvt_tiny(**overrides):
 
 PRESETS = types.MappingProxyType(_PRESETS)   # read-only view: name -> preset function
 
-OVERRIDABLE_KEYS = tuple(field.name for field in MODEL_FIELDS if field.name != "family")
+# A preset fixes its family; every other field can be overridden.
+_OVERRIDABLE_FIELDS = tuple(field for field in MODEL_FIELDS if field.name != "family")
+OVERRIDABLE_KEYS = tuple(field.name for field in _OVERRIDABLE_FIELDS)
 
 
 def list_presets(published=None):
@@ -301,8 +303,7 @@ def build_config(name, **overrides):
         close = suggest_key(name, _PRESETS)
         hint = f"did you mean {close!r}? " if close else ""
         raise ConfigError(f"unknown model {name!r}; {hint}available: {', '.join(list_presets())}")
-    problems = [f"unknown override {key!r}" + (f"; did you mean {suggest_key(key, OVERRIDABLE_KEYS)!r}?"
-                                               if suggest_key(key, OVERRIDABLE_KEYS) else "")
-                for key in overrides if key not in OVERRIDABLE_KEYS]
-    raise_problems(problems, name)
+    _, problems = check_fields(_OVERRIDABLE_FIELDS, overrides,
+                               unknown_hint=f"overrides are {', '.join(OVERRIDABLE_KEYS)}")
+    raise_problems(problems, f"{name} overrides")
     return _PRESETS[name](**overrides)
