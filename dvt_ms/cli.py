@@ -68,7 +68,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if (default in (None, False, argparse.SUPPRESS) or "default" in text or action.option_strings == []
+        if (default is None or default is False or default is argparse.SUPPRESS or "default" in text
+                or action.option_strings == []
                 or isinstance(action, (argparse._VersionAction, argparse._HelpAction))):
             return text
         return f"{text} (default: %(default)s)"

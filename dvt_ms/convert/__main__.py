@@ -1,4 +1,6 @@
-"""Command line: ``python -m dvt_ms.convert SRC.pth.tar DST.ckpt --model NAME [key=value ...]``.
+"""Command line: convert one of the authors' published checkpoints for MindSpore.
+
+    python -m dvt_ms.convert SRC.pth.tar DST.ckpt --model NAME [key=value ...]
 
 Writes DST.ckpt and, beside it, DST.published.yaml with the checkpoint's published results.
 key=value pairs override the preset's architecture (e.g. num_classes=10).
