@@ -50,7 +50,7 @@ def plain_text(doc, paragraphs=None):
     kept = []
     for paragraph in re.split(r"\n\s*\n", doc.strip()):
         lines = [line.strip() for line in paragraph.splitlines() if line.strip()]
-        if lines[0].startswith(("python -m ", "bash ", "dvt-")):
+        if lines[0].startswith(("python ", "bash ", "dvt-")):
             continue   # example command lines
         if not kept and paragraph.startswith("Command line:"):
             paragraph = paragraph[len("Command line:"):].strip()
