@@ -1,10 +1,12 @@
 """Checking documents of ``key: value`` against a list of fields: one validation style for the
 run config, the model presets, the demo's parameters and the deployment documents.
 
-A ``Field`` says a key's type, default, doc line and allowed values. ``check_fields`` checks a
-whole mapping and returns every problem at once, each naming the key, the value and where it
-came from; an unknown key gets the nearest valid key (or the key another tool's name for it means,
-``aliases``). ``raise_problems`` turns the list into one error whose message lists them all.
+A ``Field`` says a key's type, default, doc line and allowed values; a mapping field may hold a
+nested document (``fields``), a ``mappings`` field a list of them. ``check_fields`` checks a
+whole mapping and returns every problem at once, each naming the key (``preprocess.img_size``,
+``exits[2].grid``), the value and where it came from; an unknown key gets the nearest valid key
+(or the key another tool's name for it means, ``aliases``). ``raise_problems`` turns the list
+into one error (``ConfigError``, ``ManifestError``, ...) whose message lists them all.
 
 Pure Python (no numpy, no YAML): any floor of the package may import it.
 
@@ -31,6 +33,7 @@ KINDS = {
     "strs": "a non-empty list of non-empty strings",
     "pair": "a list of two numbers [low, high]",
     "mapping": "a mapping of key: value",
+    "mappings": "a list of mappings of key: value",
     "any": "any value",
 }
 
@@ -51,6 +54,8 @@ class Field:
     minimum: typing.Optional[float] = None   # inclusive
     maximum: typing.Optional[float] = None   # inclusive
     below: typing.Optional[float] = None     # exclusive upper bound
+    length: typing.Optional[int] = None      # list kinds: exactly this many items
+    fields: tuple = ()                       # mapping / mappings: the fields of the nested document(s)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -70,16 +75,18 @@ def _is_number(value):
 
 
 def _as_float(value):
-    """``value`` as a float, or None. YAML 1.1 reads ``1e-3`` (no dot) as a string: any spelling
-    ``float()`` accepts is a number."""
+    """``value`` as a float, or None (NaN included). YAML 1.1 reads ``1e-3`` (no dot) as a string:
+    any spelling ``float()`` accepts is a number."""
     if _is_number(value):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    return None if number != number else number   # NaN is no number to check a range against
 
 
 def _coerce(kind, value):
@@ -99,7 +106,8 @@ def _coerce(kind, value):
         if isinstance(value, str):
             return value
     elif kind in ("ints", "floats", "strs"):
-        item_ok = {"ints": _is_int, "floats": _is_number, "strs": lambda v: isinstance(v, str) and v}[kind]
+        item_ok = {"ints": _is_int, "floats": lambda v: _is_number(v) and v == v,
+                   "strs": lambda v: isinstance(v, str) and v}[kind]
         if isinstance(value, (list, tuple)) and value and all(item_ok(v) for v in value):
             if kind == "floats":
                 return tuple(float(v) for v in value)
@@ -116,6 +124,9 @@ def _coerce(kind, value):
     elif kind == "mapping":
         if isinstance(value, dict):
             return value
+    elif kind == "mappings":
+        if isinstance(value, (list, tuple)) and all(isinstance(v, dict) for v in value):
+            return list(value)
     else:  # any
         return value
     raise ValueError(expected)
@@ -138,12 +149,15 @@ def _check_range(field, value):
 
 def check_value(field, value):
     """``value`` checked and converted for ``field`` (lists become tuples, integers floats where
-    a number is wanted), or ``ValueError`` whose message completes ``"<key> "``."""
+    a number is wanted), or ``ValueError`` whose message completes ``"<key> "``. Nested documents
+    (``fields``) are checked by ``check_fields``, not here."""
     if value is None:
         if field.nullable:
             return None
         raise ValueError("must be set (null is not allowed)")
     value = _coerce(field.kind, value)
+    if field.length is not None and isinstance(value, (tuple, list)) and len(value) != field.length:
+        raise ValueError(f"must have {field.length} items, got {len(value)}: {list(value)!r}")
     _check_range(field, value)
     return value
 
@@ -195,6 +209,17 @@ def check_fields(fields, mapping, source=None, aliases=None, values=None, unknow
             values[key] = check_value(field, value)
         except ValueError as error:
             problems.append(f"{prefix}{key} {error}")
+            continue
+        if field.fields and values[key] is not None:   # a nested document, or a list of them
+            nested = [(key, values[key])] if field.kind == "mapping" else \
+                [(f"{key}[{index}]", item) for index, item in enumerate(values[key])]
+            checked = []
+            for where, item in nested:
+                item_values, item_problems = check_fields(field.fields, item, source=None, aliases=aliases)
+                problems += [f"{prefix}{where}.{problem}" if not problem.startswith("unknown key") else
+                             f"{prefix}{where}: {problem}" for problem in item_problems]
+                checked.append(item_values)
+            values[key] = checked[0] if field.kind == "mapping" else checked
     for field in fields:
         if field.required and field.name not in mapping:
             problems.append(f"{prefix}{field.name} is missing ({field.doc or KINDS[field.kind]})")

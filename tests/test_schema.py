@@ -87,3 +87,28 @@ def test_the_schema_module_needs_neither_numpy_nor_yaml():
             "import dvt_ms.schema; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_nested_documents_name_the_path_to_each_problem():
+    exit_fields = (Field("grid", "int", required=True, minimum=1), Field("file", "str", required=True))
+    fields = (Field("preprocess", "mapping", required=True,
+                    fields=(Field("img_size", "int", required=True, minimum=1),
+                            Field("mean", "floats", required=True, length=3))),
+              Field("exits", "mappings", required=True, fields=exit_fields))
+    document = {"preprocess": {"img_size": 0, "mean": [0.5, 0.5]},
+                "exits": [{"grid": 7, "file": "exit1.mindir"}, {"grid": "ten", "fil": "exit2.mindir"}]}
+    values, problems = check_fields(fields, document, source="manifest.yaml")
+    assert problems == [
+        "manifest.yaml: preprocess.img_size must be >= 1, got 0",
+        "manifest.yaml: preprocess.mean must have 3 items, got 2: [0.5, 0.5]",
+        "manifest.yaml: exits[1].grid must be an integer, got 'ten' (str)",
+        "manifest.yaml: exits[1]: unknown key 'fil'; did you mean 'file'?",
+        "manifest.yaml: exits[1].file is missing (a string)",
+    ]
+    assert values["exits"][0] == {"grid": 7, "file": "exit1.mindir"}
+
+
+def test_nan_is_not_a_number():
+    for kind, value in (("float", float("nan")), ("float", "nan"), ("floats", [1.0, float("nan")])):
+        with pytest.raises(ValueError, match="must be"):
+            check_value(Field("x", kind), value)
