@@ -26,8 +26,6 @@ __all__ = ["Option", "SCHEMA", "OPTIONS", "ALIASES", "COMMANDS", "RunConfig", "l
            "schema_markdown", "suggest_key"]
 
 _KIND_NAMES = {"ints": "list of int", "strs": "list of str", "pair": "[float, float]"}
-# The commands that read a run config; each runs the cross-key checks of the keys it uses.
-COMMANDS = ("train", "calibrate", "export")
 
 
 def _model_options():
@@ -166,8 +164,6 @@ ALIASES = {
 }
 
 
-
-
 def suggest_key(key):
     """The valid key a mistyped or foreign ``key`` most likely means, or None.
 
@@ -208,11 +204,13 @@ def _dataset_problems(values):
     return problems
 
 
+# The commands that read a run config, each with the cross-key checks of the keys it uses.
 _COMMAND_CHECKS = {
     "train": (_training_problems, _dataset_problems),
     "calibrate": (_dataset_problems,),
     "export": (),
 }
+COMMANDS = tuple(_COMMAND_CHECKS)
 
 
 def _architecture(values, problems):
