@@ -53,6 +53,7 @@ class Field:
     choices: tuple = ()
     minimum: typing.Optional[float] = None   # inclusive
     maximum: typing.Optional[float] = None   # inclusive
+    above: typing.Optional[float] = None     # exclusive lower bound
     below: typing.Optional[float] = None     # exclusive upper bound
     length: typing.Optional[int] = None      # list kinds: exactly this many items
     fields: tuple = ()                       # mapping / mappings: the fields of the nested document(s)
@@ -141,6 +142,8 @@ def _check_range(field, value):
             raise ValueError(f"must be >= {field.minimum}, got {value!r}")
         if field.maximum is not None and item > field.maximum:
             raise ValueError(f"must be <= {field.maximum}, got {value!r}")
+        if field.above is not None and item <= field.above:
+            raise ValueError(f"must be > {field.above}, got {value!r}")
         if field.below is not None and item >= field.below:
             raise ValueError(f"must be < {field.below}, got {value!r}")
     if field.choices and value not in field.choices:

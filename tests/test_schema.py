@@ -54,6 +54,14 @@ def test_wrong_types_say_what_was_expected(kind, value, expected):
         check_value(Field("key", kind), value)
 
 
+def test_open_bounds_exclude_their_end():
+    field = Field("eps", "float", above=0.0, below=1.0)
+    assert check_value(field, 1e-8) == 1e-8
+    for value, message in ((0.0, "must be > 0.0, got 0.0"), (1.0, "must be < 1.0, got 1.0")):
+        with pytest.raises(ValueError, match=message):
+            check_value(field, value)
+
+
 def test_yaml_1_1_exponents_without_a_dot_are_numbers():
     assert check_value(Field("lr", "float"), "1e-3") == 1e-3
 
