@@ -13,7 +13,8 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dvt_ms"
 CONTRACT = "contract"   # the calibrate/export/deploy contract: exit rule, preprocessing, manifest and thresholds
 LAYERS = [   # lowest first; a part is a subpackage or a top-level module ("dvt_ms" is the package's __init__)
-    {"dvt_ms", "errors", "schema", "fileio", "cli", "imagefolder", "plots", "device"},
+    {"dvt_ms", "errors", "schema", "fileio", "cli", "imagefolder", "imagedecode", "shipped_configs", "plots",
+     "device"},
     {CONTRACT},
     {"deploy"},
     {"models", "data", "checkpoint"},
@@ -21,7 +22,7 @@ LAYERS = [   # lowest first; a part is a subpackage or a top-level module ("dvt_
     {"train"},
     {"calibrate"},
     {"export"},
-    {"demo"},
+    {"demo", "devicecheck"},   # tools over the whole flow (the device self-check); nothing imports them
 ]
 LAYER = {part: floor for floor, parts in enumerate(LAYERS) for part in parts}
 # What deployment may never need, not even through another module.
