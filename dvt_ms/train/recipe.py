@@ -8,8 +8,7 @@ resolved against the preset), so a changed default shows up here as well as a ch
 import pathlib
 import sys
 
-from ..config import SCHEMA, load_config, model_overrides
-from ..models import build_config
+from ..config import SCHEMA, load_config
 from ..models.presets import OVERRIDABLE_KEYS
 
 __all__ = ["RECIPE_KEYS", "recipe_markdown"]
@@ -41,8 +40,7 @@ def recipe_markdown(config_paths):
     configs = []
     for path in paths:
         config = load_config(path, {"data_dir": "unused"})
-        architecture = build_config(config.model, **model_overrides(config))
-        configs.append({key: getattr(architecture, key) if key in OVERRIDABLE_KEYS else value
+        configs.append({key: getattr(config.arch, key) if key in OVERRIDABLE_KEYS else value
                         for key, value in config.as_dict().items()})
     lines = ["| key | " + " | ".join(f"`{path.stem}`" for path in paths) + " |",
              "|---|" + "---|" * len(paths)]
