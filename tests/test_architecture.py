@@ -18,9 +18,11 @@ ALLOWED = {
     "convert": {"models", "contract"},
     "data": {"contract"},
     "checkpoint": set(),
-    "train": {"models", "config", "data", "checkpoint"},
-    "calibrate": {"models", "config", "data", "checkpoint", "contract"},
-    "export": {"models", "config", "checkpoint", "contract"},
+    # what a training run recorded (its config.yaml), read by the commands that use its checkpoints
+    "runrecord": {"config", "models"},
+    "train": {"models", "config", "data", "checkpoint", "runrecord"},
+    "calibrate": {"models", "config", "data", "checkpoint", "contract", "runrecord"},
+    "export": {"models", "config", "checkpoint", "contract", "runrecord"},
     # the contract only: nothing of calibration, export, training, data or mindcv
     "deploy": {"contract"},
     "demo": set(),

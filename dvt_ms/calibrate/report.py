@@ -18,11 +18,16 @@ import os
 import numpy as np
 
 from ..contract.thresholds import THRESHOLDS_NAME, dump_thresholds, thresholds_document
-from ..fileio import staged_directory
+from ..fileio import OutputFolderKind, staged_directory
 from ..plots import plot_budget_curve
 from . import search
 
-__all__ = ["calibrate", "write_report"]
+__all__ = ["REPORT_FOLDER", "calibrate", "write_report"]
+
+# What run_eval.sh recognises as its own report folder (the only kind of folder --overwrite replaces).
+REPORT_FOLDER = OutputFolderKind("a calibration report", THRESHOLDS_NAME,
+                                 ("per_exit.json", "budget_curve.json", "budget_curve.md", "budget_curve.png",
+                                  THRESHOLDS_NAME))
 
 
 def calibrate(calib, calib_targets, val, val_targets, cumulative_gflops):
@@ -66,7 +71,7 @@ def write_report(out_dir, model_name, flops, calib, val, rows, digest, overwrite
     per_exit = [{"exit": k + 1, "stage_gflops": flops[k]["stage_gflops"], "cumulative_gflops": cumulative[k],
                  "calibration_top1": float(calib[k]), "validation_top1": float(val[k])} for k in range(num_exits)]
     thresholds = thresholds_document(model_name, cumulative, rows, digest, calibration)
-    with staged_directory(out_dir, overwrite) as staging:
+    with staged_directory(out_dir, REPORT_FOLDER, overwrite) as staging:
         def path(name):
             return os.path.join(staging, name)
         with open(path("per_exit.json"), "w", encoding="utf-8") as handle:

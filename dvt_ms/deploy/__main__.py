@@ -17,11 +17,11 @@ from ..contract.digest import ACCEPT_MISMATCH_FLAG
 from ..contract.manifest import load_manifest
 from ..device import use_device
 from ..errors import InferenceError
-from ..fileio import atomic_write_text, check_output_file
+from ..fileio import atomic_write_text, check_distinct_outputs, check_output_file
 from .classifier import select_exit_thresholds
 from .engine import EarlyExitEngine
-from .infer import (ANSWERS_SHOWN, collect_images, format_answers, format_summary, labels_in_model_order,
-                    run_inference, write_results)
+from .infer import (ANSWERS_SHOWN, RESULTS_FILE, SUMMARY_FILE, collect_images, format_answers, format_summary,
+                    labels_in_model_order, run_inference, write_results)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ def _run(args):
         raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.top_k < 1:
         raise InferenceError(f"--top_k must be at least 1, got {args.top_k}")
-    check_output_file(args.out, args.summary)
+    check_distinct_outputs(out=args.out, summary=args.summary)
+    check_output_file(args.out, kind=RESULTS_FILE)
+    check_output_file(args.summary, kind=SUMMARY_FILE)
     manifest = load_manifest(args.model)
     exit_thresholds, row, _ = select_exit_thresholds(args.model, manifest, args.thresholds, args.budget,
                                                      args.accuracy, args.accept_thresholds_mismatch)
@@ -56,6 +58,16 @@ def _run(args):
     if len(records) <= ANSWERS_SHOWN:
         print(format_answers(records, engine.num_exits))
     print(format_summary(summary, engine.num_exits))
+    written = " and ".join(path for path in (args.out, args.summary) if path)
+    if written:
+        print(f"results: {written}")
+    stopped = summary.get("interrupted")
+    if stopped:
+        sys.stdout.flush()
+        print(f"interrupted: {stopped['classified']} of {stopped['of']} images classified"
+              + (f"; their results are in {written}" if written else ""), file=sys.stderr)
+        return stopped["exit_code"]
+    return 0
 
 
 def main(argv=None):
@@ -82,7 +94,7 @@ def main(argv=None):
                         help="auto: Ascend, then GPU, then CPU")
     args = parser.parse_args(argv)
     cli.setup_logging(timestamps=False)
-    return cli.run(lambda: _run(args))
+    return cli.run(lambda: _run(args), defer_interrupts=True)
 
 
 if __name__ == "__main__":

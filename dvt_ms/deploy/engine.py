@@ -261,24 +261,37 @@ class EarlyExitRun:
 
     def results(self):
         """(exit index, class, confidence) arrays over the pushed images, in push order."""
-        exit_index, classes, scores = self._gathered()
-        return exit_index, classes[:, 0], scores[:, 0]
+        self._check_finished()
+        return self.answered_results()[1:]
 
     def top_k(self):
         """(classes, scores) arrays (N, top_k) over the pushed images in push order: the best
         classes at the answering exit, best first."""
-        _, classes, scores = self._gathered()
-        return classes, scores
+        self._check_finished()
+        return self.answered_top_k()
 
-    def _gathered(self):
+    def answered_results(self):
+        """(positions, exit index, class, confidence) arrays of the images answered so far, in push
+        order: all of them after ``finish()``, what an interrupted run can still report before it."""
+        positions, exit_index, classes, scores = self._answered()
+        return positions, exit_index, classes[:, 0], scores[:, 0]
+
+    def answered_top_k(self):
+        """(classes, scores) (n, top_k) of the images answered so far, in the order of ``answered_results``."""
+        return self._answered()[2:]
+
+    def _check_finished(self):
         if self.answered < self.pushed:
             raise RuntimeError(f"{self.pushed - self.answered} images are still queued: call finish() first")
+
+    def _answered(self):
         count = min(self.top_k_count, self.engine.manifest["num_classes"])
-        exit_index = np.zeros(self.pushed, np.int64)
-        classes = np.zeros((self.pushed, count), np.int64)
-        scores = np.zeros((self.pushed, count), np.float32)
-        for positions, k, answer_classes, answer_scores in self._answers:
-            exit_index[positions] = k
-            classes[positions] = answer_classes
-            scores[positions] = answer_scores
-        return exit_index, classes, scores
+        if not self._answers:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, count), np.int64),
+                    np.zeros((0, count), np.float32))
+        positions = np.concatenate([answer[0] for answer in self._answers])
+        exit_index = np.concatenate([np.full(len(answer[0]), answer[1], np.int64) for answer in self._answers])
+        classes = np.concatenate([answer[2] for answer in self._answers]).astype(np.int64)
+        scores = np.concatenate([answer[3] for answer in self._answers]).astype(np.float32)
+        order = np.argsort(positions, kind="stable")
+        return positions[order], exit_index[order], classes[order], scores[order]

@@ -11,18 +11,22 @@ import os
 
 import mindspore as ms
 
+from ..cli import raise_if_stop_requested
 from ..contract.digest import check_bound, model_digest
+from ..contract.fields import dump_yaml
 from ..contract.manifest import MANIFEST_NAME, build_manifest, check_manifest, exit_file
 from ..contract.precision import PRECISIONS
 from ..contract.signature import exit_signature
 from ..contract.thresholds import check_thresholds
-from ..contract.fields import dump_yaml
-from ..fileio import staged_directory
+from ..fileio import OutputFolderKind, staged_directory
 from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
 from .graphs import ExitGraph
 
-__all__ = ["export_model"]
+__all__ = ["EXPORT_FOLDER", "export_model"]
+
+# What run_export.sh recognises as its own output folder (the only kind of folder --overwrite replaces).
+EXPORT_FOLDER = OutputFolderKind("an exported model", MANIFEST_NAME, ("exit*.mindir", MANIFEST_NAME))
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     manifest = build_manifest(model_name, _plain(dataclasses.asdict(config)), digest, class_names, preprocess,
                               precision, exits, thresholds)
     check_manifest(manifest, manifest_path)   # what deployment will check, before any work
-    with staged_directory(out_dir, overwrite) as staging:
+    with staged_directory(out_dir, EXPORT_FOLDER, overwrite) as staging:
         if precision in _LOW_PRECISION_DTYPES:
             ms.amp.auto_mixed_precision(model, "O2", _LOW_PRECISION_DTYPES[precision])   # converts the stages in place
         use_native_ops(model)
@@ -73,6 +77,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
             ms.export(ExitGraph(model, k), *inputs, file_name=os.path.join(staging, info["file"]),
                       file_format="MINDIR")
             LOGGER.info("exported exit %d/%d", k + 1, config.num_exits)
+            raise_if_stop_requested()   # a Ctrl-C during MindSpore's export is honoured here; nothing is kept
         with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:
             handle.write(dump_yaml(manifest))
     LOGGER.info("wrote %d MindIR files and %s to %s", config.num_exits, MANIFEST_NAME, out_dir)
