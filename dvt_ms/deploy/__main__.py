@@ -1,6 +1,7 @@
 """Command line: early-exit inference on an exported model directory (no model code needed).
 
-    python -m dvt_ms.deploy --model DIR [--thresholds T.yaml | --budget GFLOPS] IMAGE_OR_FOLDER ... [--out FILE]
+    python -m dvt_ms.deploy --model DIR [--thresholds T.yaml | --budget GFLOPS | --hold_budget GFLOPS]
+                            [--deadline_ms D] IMAGE_OR_FOLDER ... [--out FILE]
 
 Needs MindSpore, numpy, Pillow and PyYAML only: the exported graphs and manifest.yaml say
 everything (the model code, mindcv and the training stack are never imported).
@@ -15,6 +16,8 @@ import time
 from .. import cli
 from ..errors import InferenceError
 from ..fileio import atomic_write_text, check_output_file
+from .controller import DEFAULT_WINDOW, BudgetController
+from .deadline import DeadlinePolicy, measure_exit_seconds
 from .engine import EarlyExitEngine
 from .infer import collect_images, format_summary, labels_in_model_order, run_inference, write_results
 from .manifest import MANIFEST_NAME, load_manifest, load_thresholds, select_budget
@@ -22,9 +25,13 @@ from .manifest import MANIFEST_NAME, load_manifest, load_thresholds, select_budg
 LOGGER = logging.getLogger(__name__)
 
 
-def _exit_thresholds(args, manifest):
+def _thresholds_document(args, manifest):
     document = load_thresholds(args.thresholds, manifest) if args.thresholds else manifest.get("thresholds")
-    source = args.thresholds or os.path.join(args.model, MANIFEST_NAME)
+    return document, args.thresholds or os.path.join(args.model, MANIFEST_NAME)
+
+
+def _exit_thresholds(args, manifest):
+    document, source = _thresholds_document(args, manifest)
     if args.budget is not None:
         if document is None:
             raise InferenceError(f"--budget needs calibrated thresholds; {source} has none")
@@ -34,12 +41,35 @@ def _exit_thresholds(args, manifest):
     return [float(t) for t in document["exit_thresholds"]]
 
 
-def _run(args):
+def _budget_controller(args, manifest):
+    """The ``--hold_budget`` controller: it starts on the row ``--budget`` would pick."""
+    document, source = _thresholds_document(args, manifest)
+    if document is None:
+        raise InferenceError(f"--hold_budget needs calibrated thresholds; {source} has none")
+    gflops = [info["cumulative_gflops"] for info in manifest["exits"]]
+    return BudgetController.from_document(document, gflops, args.hold_budget, source, window=args.window)
+
+
+def _check_options(args):
+    if args.deadline_ms is not None and args.hold_budget is not None:
+        raise InferenceError("--deadline_ms and --hold_budget do not combine: choose one")
+    if args.batch_size is None:
+        args.batch_size = 1 if args.deadline_ms is not None else 32
     if args.batch_size < 1:
         raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.deadline_ms is not None and args.batch_size != 1:
+        raise InferenceError(f"--deadline_ms streams images one at a time: it needs --batch_size 1, "
+                             f"got {args.batch_size}")
+    if args.window < 8:
+        raise InferenceError(f"--window must be at least 8 images, got {args.window}")
+
+
+def _run(args):
+    _check_options(args)
     check_output_file(args.out, args.summary)
     manifest = load_manifest(args.model)
-    exit_thresholds = _exit_thresholds(args, manifest)
+    controller = _budget_controller(args, manifest) if args.hold_budget is not None else None
+    exit_thresholds = controller.thresholds_for_next_call() if controller else _exit_thresholds(args, manifest)
     paths, labels, folder_names = collect_images(args.inputs)
     labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
     import mindspore as ms
@@ -50,7 +80,11 @@ def _run(args):
     engine.warm_up()
     LOGGER.info("compiled %d exits at batch sizes %s in %.1fs", engine.num_exits, engine.buckets,
                 time.perf_counter() - begin)
-    records, summary = run_inference(engine, paths, labels, exit_thresholds, args.batch_size, not args.no_compare)
+    policy = controller
+    if args.deadline_ms is not None:
+        policy = DeadlinePolicy(args.deadline_ms, exit_thresholds, measure_exit_seconds(engine))
+    records, summary = run_inference(engine, paths, labels, exit_thresholds, args.batch_size, not args.no_compare,
+                                     policy)
     if args.out:
         write_results(args.out, records)
     if args.summary:
@@ -64,11 +98,20 @@ def main(argv=None):
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--thresholds", help="thresholds YAML from run_eval.sh (default: the manifest's)")
     choice.add_argument("--budget", type=float, help="GFLOPs per image: use the best calibrated setting within it")
+    choice.add_argument("--hold_budget", type=float,
+                        help="GFLOPs per image: start as --budget does, then move along the calibrated budget "
+                             "table to hold that row's cost (+/-5%% per --window images) as the inputs drift")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help="images per window of --hold_budget (docs/deployment.md: how large it must be)")
+    parser.add_argument("--deadline_ms", type=float,
+                        help="streaming (batch size 1): answer each image with the deepest exit that ends "
+                             "within D ms of its arrival (model part), or earlier when confident")
     parser.add_argument("inputs", nargs="+", help="images and/or folders (class subfolders give accuracy)")
     parser.add_argument("--out", help="per-image results, .csv or .json")
     parser.add_argument("--summary", help="write the summary as JSON here")
-    parser.add_argument("--batch_size", type=int, default=32,
-                        help="images per exit call; 1 = streaming, with latency percentiles in the summary")
+    parser.add_argument("--batch_size", type=int,
+                        help="images per exit call (default 32; 1 with --deadline_ms); 1 = streaming, with "
+                             "latency percentiles in the summary")
     parser.add_argument("--no_compare", action="store_true", help="skip the all-exits pass that measures speedup")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     args = parser.parse_args(argv)

@@ -141,9 +141,10 @@ class EarlyExitEngine:
             reused = tuple(outputs[1:])
         return np.stack(logits)
 
-    def run(self, exit_thresholds, batch_size=None):
-        """A new ``EarlyExitRun`` with these thresholds (one per exit; the last is ignored)."""
-        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch)
+    def run(self, exit_thresholds, batch_size=None, policy=None):
+        """A new ``EarlyExitRun`` with these thresholds (one per exit; the last is ignored), or
+        with a policy that sets them as it runs (``EarlyExitRun``)."""
+        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch, policy)
 
     def classify(self, images, exit_thresholds):
         """(exit index, class, confidence) per image of ``images`` (B, 3, H, W) float32."""
@@ -195,9 +196,14 @@ class EarlyExitRun:
     ``push(images)`` queues images (B, 3, S, S) and runs every exit that has a full batch;
     ``finish()`` runs the rest; ``results()`` gives (exit index, class, confidence) per image in
     push order. ``answered`` counts the images classified so far (all of them after a push when
-    the batch size is 1)."""
+    the batch size is 1).
 
-    def __init__(self, engine, exit_thresholds, batch_size):
+    A ``policy`` (``controller.BudgetController``, ``deadline.DeadlinePolicy``) steers the run: it
+    gives the thresholds of every exit call (``thresholds_for_next_call()``), hears of every push
+    (``images_pushed(count)``) and of every exit call (``exit_ran(k, positions, confidences,
+    answered)``), and returns which of that call's images are answered."""
+
+    def __init__(self, engine, exit_thresholds, batch_size, policy=None):
         from mindspore import ops
         if len(exit_thresholds) != engine.num_exits:
             raise ValueError(f"{len(exit_thresholds)} thresholds for {engine.num_exits} exits")
@@ -206,6 +212,7 @@ class EarlyExitRun:
         self.engine = engine
         self.batch_size = batch_size
         self.thresholds = np.asarray(exit_thresholds, np.float32)
+        self.policy = policy
         self.queues = [_Queue() for _ in range(engine.num_exits)]
         self.pushed = 0
         self.answered = 0
@@ -215,6 +222,8 @@ class EarlyExitRun:
     def push(self, images):
         images = np.asarray(images, np.float32)
         if len(images):
+            if self.policy is not None:
+                self.policy.images_pushed(len(images))
             self.queues[0].add(np.arange(self.pushed, self.pushed + len(images)), images, ())
             self.pushed += len(images)
         self._drain(full_batches_only=True)
@@ -249,7 +258,10 @@ class EarlyExitRun:
         probs = softmax(outputs[0].asnumpy()[:count])      # the padding rows are dropped
         confidence = probs.max(axis=1)
         last = k == engine.num_exits - 1
-        done = np.ones(count, bool) if last else confidence >= self.thresholds[k]
+        thresholds = self.thresholds if self.policy is None else self.policy.thresholds_for_next_call()
+        done = np.ones(count, bool) if last else confidence >= thresholds[k]
+        if self.policy is not None:
+            done = self.policy.exit_ran(k, positions, confidence, done)
         self._answers.append((positions[done], k, probs[done].argmax(axis=1), confidence[done]))
         self.answered += int(done.sum())
         if not done.all():

@@ -19,6 +19,8 @@ import numpy as np
 from ..errors import InferenceError
 from ..fileio import atomic_write_text
 from ..imagefolder import IMAGE_EXTENSIONS, class_folders, image_files
+from .controller import format_budget_summary
+from .deadline import format_deadline_summary
 from .preprocess import Preprocessor, UnreadableImageError
 
 __all__ = ["collect_images", "labels_in_model_order", "run_inference", "format_summary", "write_results"]
@@ -70,8 +72,12 @@ def labels_in_model_order(labels, folder_names, model_class_names, source):
     return index[labels]
 
 
-def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare_all_exits=True):
+def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare_all_exits=True, policy=None):
     """Classify ``paths`` with early exit. Returns (per-image records, summary dict).
+
+    A ``policy`` (``controller.BudgetController`` for ``--hold_budget``, ``deadline.DeadlinePolicy``
+    for ``--deadline_ms``) steers the thresholds or the stops as the run goes; its report is the
+    summary's ``policy``.
 
     ``labels`` (or None) are in the model's class order. Unreadable images are reported and
     skipped. Preprocessing and the model part are timed apart; with ``compare_all_exits`` the
@@ -79,7 +85,7 @@ def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare
     model part. With ``batch_size`` 1 (streaming) every image is classified as it comes and the
     summary gives latency percentiles."""
     preprocess = Preprocessor(engine.manifest["preprocess"])
-    run = engine.run(exit_thresholds, batch_size)
+    run = engine.run(exit_thresholds, batch_size, policy)
     kept_paths, kept_labels, skipped = [], [], []
     seconds = {"preprocess": 0.0, "early_exit": 0.0, "every_exit": 0.0}
     streaming = {"preprocess": [], "early_exit": [], "every_exit": []}     # per image, batch size 1
@@ -132,12 +138,16 @@ def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare
     summary = _summary(engine, records, skipped, exit_thresholds, batch_size, seconds)
     if batch_size == 1:
         summary["latency_ms"] = _latency(streaming, exits, engine.num_exits)
+    if policy is not None:
+        correct = np.array([r["correct"] for r in records]) if labels is not None else None
+        latencies = 1000.0 * np.asarray(streaming["early_exit"]) if batch_size == 1 else None
+        summary["policy"] = policy.summary(correct=correct, latencies_ms=latencies)
     return records, summary
 
 
 def _percentiles(seconds):
-    p50, p95 = np.percentile(1000.0 * np.asarray(seconds), [50, 95])
-    return {"p50": float(p50), "p95": float(p95)}
+    p50, p95, p99 = np.percentile(1000.0 * np.asarray(seconds), [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
 def _latency(streaming, exits, num_exits):
@@ -216,4 +226,7 @@ def format_summary(summary, num_exits):
         if "every_exit" in latency:
             lines.append(f"  every exit, no early exit: p50 {latency['every_exit']['p50']:.2f} ms, "
                          f"p95 {latency['every_exit']['p95']:.2f} ms")
+    policy = summary.get("policy")
+    if policy:
+        lines += (format_budget_summary if policy["mode"] == "hold_budget" else format_deadline_summary)(policy)
     return "\n".join(lines)
