@@ -23,7 +23,8 @@ errors of the window's mean (a window's mean cost is noisy: exit costs differ ma
 no drift the controller must stay put); then it takes the row whose predicted cost is nearest the
 target. Right after a move the new row's prediction is near the target, so nothing pulls it back:
 there is no integrator to wind up and no oscillation. It decides every ``window // 8`` answered
-images, and not within ``window // 4`` images of its last move.
+images (when images are pushed), once a full window has run, and not within ``window // 4`` images
+of its last move.
 
 **The target** is the calibration cost of the row ``--budget G`` picks (``start_row``): with no
 drift the controller stays on that row, and it holds the cost the operator runs at today (at most
@@ -89,26 +90,27 @@ def _expected_cost_from(stop_share, costs):
 
 
 class _Window:
-    """The last ``size`` answered images: confidences (NaN where not run), cost and row."""
+    """The last ``size`` images that ran exit 1, in push order: their confidence at every exit
+    they ran so far (NaN elsewhere) and, once answered, their cost (NaN while on their way)."""
 
     def __init__(self, size, num_exits):
         self.confidences = np.full((size, num_exits), np.nan, np.float32)
-        self.costs = np.zeros(size)
-        self.rows = np.zeros(size, np.int64)
-        self.count = 0          # answered images ever (the next slot is count % size)
+        self.costs = np.full(size, np.nan)
+        self.count = 0          # images that ran exit 1 (exit 1 takes them in push order)
 
-    def add(self, confidences, costs, row):
-        for conf, cost in zip(confidences, costs):
-            slot = self.count % len(self.costs)
-            self.confidences[slot], self.costs[slot], self.rows[slot] = conf, cost, row
-            self.count += 1
-
-    def filled(self):
-        return min(self.count, len(self.costs))
+    def note(self, k, positions, confidence, answered, cost):
+        size = len(self.costs)
+        if k == 0:
+            self.confidences[positions % size] = np.nan
+            self.costs[positions % size] = np.nan
+            self.count = int(positions[-1]) + 1
+        inside = positions >= self.count - size       # those that left the window are forgotten
+        self.confidences[positions[inside] % size, k] = confidence[inside]
+        self.costs[positions[inside & answered] % size] = cost
 
     def current(self):
-        n = self.filled()
-        return self.confidences[:n], self.costs[:n], self.rows[:n]
+        filled = min(self.count, len(self.costs))
+        return self.confidences[:filled], self.costs[:filled]
 
 
 class BudgetController:
@@ -136,14 +138,13 @@ class BudgetController:
         self.budget = budget_gflops
         self.window_size = window
         self.tolerance = tolerance
-        self.deadband = tolerance if deadband is None else deadband
+        self.deadband = tolerance / 2 if deadband is None else deadband
         self.z = z
         self.check_every = max(1, window // 8)
         self.dwell = max(1, window // 4)
         self.switches = []
         self._window = _Window(window, len(self.exit_gflops))
-        self._pending = {}          # position -> confidences so far, for images not yet answered
-        self._answered = []         # (positions, exits, costs, row) per exit call
+        self._answered = []         # (positions, exit, row) per exit call
         self._last_check = 0
         self._last_switch = 0
         self._direction = 0         # the sign of the cost error the last move corrected
@@ -163,28 +164,17 @@ class BudgetController:
         return self.row_thresholds[self.row]
 
     def images_pushed(self, count):
-        """Images arrive; nothing to do (the window moves when images are answered)."""
+        """Images arrive: time to decide, before they run, if enough went in since the last look."""
+        if self._window.count - self._last_check >= self.check_every:
+            self._decide()
 
     def exit_ran(self, k, positions, confidence, answered):
-        """Exit ``k`` ran on the images at ``positions``: note their confidences; the ``answered``
-        ones are complete observations. Changes no answer."""
-        num_exits = len(self.exit_gflops)
-        finished = []
-        for position, conf, done in zip(positions.tolist(), confidence.tolist(), answered.tolist()):
-            seen = self._pending.pop(position, None)
-            if seen is None:
-                seen = np.full(num_exits, np.nan, np.float32)
-            seen[k] = conf
-            if done:
-                finished.append(seen)
-            else:
-                self._pending[position] = seen
-        if finished:
-            costs = np.full(len(finished), self.exit_gflops[k])
-            self._window.add(finished, costs, self.row)
+        """Exit ``k`` ran on the images at ``positions``: note their confidences (and which were
+        answered, for the report). Changes no answer."""
+        self._window.note(k, np.asarray(positions), np.asarray(confidence, np.float32), np.asarray(answered),
+                          self.exit_gflops[k])
+        if answered.any():
             self._answered.append((positions[answered], k, self.row))
-            if self._window.count - self._last_check >= self.check_every:
-                self._decide()
         return answered
 
     # -- the decision ---------------------------------------------------------------------------
@@ -192,33 +182,37 @@ class BudgetController:
     def _decide(self):
         window = self._window
         self._last_check = window.count
-        if window.filled() < self.window_size // 2 or window.count - self._last_switch < self.dwell:
+        if window.count < self.window_size or window.count - self._last_switch < self.dwell:
             return
-        confidences, observed, _ = window.current()
+        confidences, costs = window.current()
         predicted = predicted_row_costs(confidences, self.row_thresholds, self.exit_gflops)
         mean = predicted.mean(axis=1)
         current = predicted[self.row]
         error = mean[self.row] - self.target
-        noise = self.z * current.std() / np.sqrt(len(current))
-        if abs(error) <= max(self.deadband * self.target, noise):
-            return
-        # a second move the same way is drift, which keeps pushing: aim half the deadband past the
-        # target; a move back (or the first move) aims at the target itself
         direction = int(np.sign(error))
-        aim = self.target * (1.0 - direction * self.deadband / 2) if direction == self._direction else self.target
+        # hysteresis: undoing the last move takes an error beyond the tolerance, not the deadband
+        band = self.tolerance if direction == -self._direction else self.deadband
+        noise = self.z * current.std() / np.sqrt(len(current))
+        if abs(error) <= max(band * self.target, noise):
+            return
+        # a second move the same way is drift, which keeps pushing: aim half the tolerance past
+        # the target; a first move, or one back, aims at the target itself
+        aim = self.target * (1.0 - direction * self.tolerance / 2) if direction == self._direction else self.target
         self._direction = direction
         accuracy = np.array([row["calibration_accuracy"] for row in self.rows])
         best = int(np.lexsort((-accuracy, np.abs(mean - aim)))[0])
         if best == self.row:
             self._pinned += 1       # the table's end: nothing nearer the target exists
             return
+        # what the window cost: the answered images' exits, the current row's estimate for the rest
+        observed = float(np.where(np.isnan(costs), current, costs).mean())
         self.switches.append({
             "image": int(window.count), "seconds": round(self._clock() - self._began, 3),
             "from_row": self._describe(self.row), "to_row": self._describe(best),
-            "observed_gflops": float(observed.mean()), "predicted_gflops": float(mean[best]),
+            "observed_gflops": observed, "predicted_gflops": float(mean[best]),
             "target_gflops": self.target})
         LOGGER.info("budget: after %d images, window cost %.4g GFLOPs vs target %.4g: row %d -> %d",
-                    window.count, observed.mean(), self.target, self.row, best)
+                    window.count, observed, self.target, self.row, best)
         self.row = best
         self._last_switch = window.count
 

@@ -52,10 +52,10 @@ class _ExitTimer:
         return answered
 
 
-def measure_exit_seconds(engine, repeats=30):
+def measure_exit_seconds(engine, repeats=30, clock=time.perf_counter):
     """Each exit's time per image at batch size 1 on this machine (lists, one per exit): ``repeats``
     zero images through every exit of a real ``EarlyExitRun`` (no exit answers before the last)."""
-    timer = _ExitTimer([NEVER] * (engine.num_exits - 1) + [ALWAYS])
+    timer = _ExitTimer([NEVER] * (engine.num_exits - 1) + [ALWAYS], clock)
     run = engine.run(timer.thresholds, 1, policy=timer)
     image = np.zeros((1,) + engine.image_shape, np.float32)
     for _ in range(repeats):
