@@ -17,14 +17,19 @@ That says where the image would have exited under any other row of the table:
   it under the thresholds in force, so they are harder, and the estimate errs on the dear side.
 
 So the cost of every row on the recent window is predicted; the current row's is the observed cost
-of the images it answered. **When it moves**: only when the current row's cost on the window is
-off the target by more than ``deadband`` (a share of the target) *and* by more than ``z`` standard
-errors of the window's mean (a window's mean cost is noisy: exit costs differ many-fold, and with
-no drift the controller must stay put); then it takes the row whose predicted cost is nearest the
-target. Right after a move the new row's prediction is near the target, so nothing pulls it back:
-there is no integrator to wind up and no oscillation. It decides every ``window // 8`` answered
-images (when images are pushed), once a full window has run, and not within ``window // 4`` images
-of its last move.
+of the images it answered. The window is the last ``window`` images that ran exit 1, in push order;
+those still on their way to a later exit count as censored (with batches, the images that go on
+are answered after those pushed behind them: a window of the last answered would look cheap, and
+waiting for their answers would move late).
+
+**When it moves**: once a full window has run, every ``window // 8`` images (before a push), when
+the current row's cost on the window is off the target by more than ``deadband`` (half the
+tolerance) *and* by more than ``z`` standard errors of the window's mean (exit costs differ
+many-fold, so a window's mean is noisy, and with no drift the controller must stay put). It then
+takes the row predicted nearest the target, or half the tolerance past it when its previous move
+went the same way (drift keeps pushing). Moving back the way it came takes an error beyond the
+tolerance (hysteresis), and it waits ``window // 4`` images after a move. There is no integrator to
+wind up: right after a move the new row's prediction is near the target, so nothing pulls it back.
 
 **The target** is the calibration cost of the row ``--budget G`` picks (``start_row``): with no
 drift the controller stays on that row, and it holds the cost the operator runs at today (at most
