@@ -15,11 +15,12 @@ import time
 
 from .. import cli
 from ..errors import InferenceError
-from ..fileio import atomic_write_text, check_output_file
+from ..fileio import atomic_write_text, check_distinct_outputs, check_output_file
 from .controller import DEFAULT_WINDOW, BudgetController
 from .deadline import DeadlinePolicy, measure_exit_seconds
 from .engine import EarlyExitEngine
-from .infer import collect_images, format_summary, labels_in_model_order, run_inference, write_results
+from .infer import (RESULTS_FILE, SUMMARY_FILE, collect_images, format_summary, labels_in_model_order,
+                    run_inference, write_results)
 from .manifest import MANIFEST_NAME, load_manifest, load_thresholds, select_budget
 
 LOGGER = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ def _check_options(args):
 
 def _run(args):
     _check_options(args)
-    check_output_file(args.out, args.summary)
+    check_distinct_outputs(out=args.out, summary=args.summary)
+    check_output_file(args.out, kind=RESULTS_FILE)
+    check_output_file(args.summary, kind=SUMMARY_FILE)
     manifest = load_manifest(args.model)
     controller = _budget_controller(args, manifest) if args.hold_budget is not None else None
     exit_thresholds = controller.thresholds_for_next_call() if controller else _exit_thresholds(args, manifest)
@@ -90,6 +93,16 @@ def _run(args):
     if args.summary:
         atomic_write_text(args.summary, json.dumps(summary, indent=1))
     print(format_summary(summary, engine.num_exits))
+    written = " and ".join(path for path in (args.out, args.summary) if path)
+    if written:
+        print(f"results: {written}")
+    stopped = summary.get("interrupted")
+    if stopped:
+        sys.stdout.flush()
+        print(f"interrupted: {stopped['classified']} of {stopped['of']} images classified"
+              + (f"; their results are in {written}" if written else ""), file=sys.stderr)
+        return stopped["exit_code"]
+    return 0
 
 
 def main(argv=None):
@@ -116,7 +129,7 @@ def main(argv=None):
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     args = parser.parse_args(argv)
     cli.setup_logging(timestamps=False)
-    return cli.run(lambda: _run(args))
+    return cli.run(lambda: _run(args), defer_interrupts=True)
 
 
 if __name__ == "__main__":
