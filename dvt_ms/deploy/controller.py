@@ -154,6 +154,7 @@ class BudgetController:
         self._last_switch = 0
         self._direction = 0         # the sign of the cost error the last move corrected
         self._pinned = 0            # decisions that wanted a row beyond the table's ends
+        self._noise = None          # the window mean's standard error / target, at the last decision
         self._clock = clock
         self._began = clock()
 
@@ -197,7 +198,8 @@ class BudgetController:
         direction = int(np.sign(error))
         # hysteresis: undoing the last move takes an error beyond the tolerance, not the deadband
         band = self.tolerance if direction == -self._direction else self.deadband
-        noise = self.z * current.std() / np.sqrt(len(current))
+        self._noise = current.std() / np.sqrt(len(current)) / self.target
+        noise = self.z * self._noise * self.target
         if abs(error) <= max(band * self.target, noise):
             return
         # a second move the same way is drift, which keeps pushing: aim half the tolerance past
@@ -267,7 +269,7 @@ class BudgetController:
                 "tolerance": self.tolerance, "window": self.window_size,
                 "table_rows": len(self.rows), "start_row": self._describe(self.start_row),
                 "final_row": self._describe(self.row), "switches": self.switches,
-                "decisions_at_table_end": self._pinned,
+                "decisions_at_table_end": self._pinned, "window_noise": self._noise,
                 "windows_within_tolerance": sum(abs(w["error"]) <= self.tolerance for w in full),
                 "full_windows": len(full), "windows": windows}
 
@@ -278,6 +280,9 @@ def format_budget_summary(summary):
              f"{summary['budget_gflops']} picks) +/-{100 * summary['tolerance']:.0f}% over windows of "
              f"{summary['window']} images: {summary['windows_within_tolerance']}/{summary['full_windows']} "
              f"full windows within it; {len(summary['switches'])} switch(es)"]
+    if summary["window_noise"] is not None:
+        lines.append(f"  a window's mean cost is noisy: +/-{100 * summary['window_noise']:.1f}% (one standard error); "
+                     "it should be well below the tolerance (--window)")
     for switch in summary["switches"]:
         lines.append(f"  after image {switch['image']} ({switch['seconds']:.1f} s): row {switch['from_row']['row']} -> "
                      f"{switch['to_row']['row']} (window cost {switch['observed_gflops']:.4g} vs target "
