@@ -53,7 +53,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: Images per window. A window's mean cost is noisy: its standard error is the per-image cost's
 #: coefficient of variation (about 1 when exit costs differ many-fold, as in DVT) over sqrt(window),
-#: and holding +/-5 % takes z * that below 5 %: (2.5 * 1 / 0.05)^2 = 2500 images at least.
+#: and holding +/-5 % takes z * that below 5 %: (2 * 1 / 0.05)^2 = 1600 images at least; 4096 leaves
+#: room for the lag behind a drift.
 DEFAULT_WINDOW = 4096
 
 
@@ -126,7 +127,7 @@ class BudgetController:
     calibration cost is the target)."""
 
     def __init__(self, rows, exit_gflops, start_thresholds, window=DEFAULT_WINDOW, tolerance=0.05, deadband=None,
-                 z=2.5, budget_gflops=None, clock=time.perf_counter):
+                 z=2.0, budget_gflops=None, clock=time.perf_counter):
         if window < 8:
             raise InferenceError(f"the budget window must hold at least 8 images, got {window}")
         if not 0 < tolerance < 1:
