@@ -157,7 +157,7 @@ class BudgetController:
         self._pinned = 0            # decisions that wanted a row beyond the table's ends
         self._noise = None          # the window mean's standard error / target, at the last decision
         self._clock = clock
-        self._began = clock()
+        self._began = None          # when the first images arrived
 
     @classmethod
     def from_document(cls, document, exit_gflops, budget_gflops, source, **options):
@@ -172,6 +172,8 @@ class BudgetController:
 
     def images_pushed(self, count):
         """Images arrive: time to decide, before they run, if enough went in since the last look."""
+        if self._began is None:
+            self._began = self._clock()
         if self._window.count - self._last_check >= self.check_every:
             self._decide()
 
@@ -285,7 +287,7 @@ def format_budget_summary(summary):
         lines.append(f"  a window's mean cost is noisy: +/-{100 * summary['window_noise']:.1f}% (one standard error); "
                      "it should be well below the tolerance (--window)")
     for switch in summary["switches"]:
-        lines.append(f"  after image {switch['image']} ({switch['seconds']:.1f} s): row {switch['from_row']['row']} -> "
+        lines.append(f"  after image {switch['image']} ({switch['seconds']:.1f} s into the stream): row {switch['from_row']['row']} -> "
                      f"{switch['to_row']['row']} (window cost {switch['observed_gflops']:.4g} vs target "
                      f"{switch['target_gflops']:.4g}; new row predicted {switch['predicted_gflops']:.4g})")
     if summary["decisions_at_table_end"]:
