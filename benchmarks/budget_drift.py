@@ -40,7 +40,6 @@ import time
 
 import numpy as np
 
-from dvt_ms.calibrate import search
 from dvt_ms.demo.dataset import CLASS_NAMES, generate_image
 from dvt_ms.deploy.controller import BudgetController
 from dvt_ms.deploy.deadline import DeadlinePolicy, measure_exit_seconds
@@ -106,7 +105,7 @@ def main():
     parser.add_argument("--hardest_beta", type=float, default=1.0, help="Beta(1, b) at the stream's end")
     parser.add_argument("--pool", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--end_to_end_windows", type=int, default=2)
+    parser.add_argument("--end_to_end_windows", type=int, default=2, help="windows run end to end (the first decides)")
     parser.add_argument("--deadline_ms", type=float)
     parser.add_argument("--deadline_images", type=int, default=500)
     parser.add_argument("--plot", help="PNG: cost per window, fixed vs controlled")
