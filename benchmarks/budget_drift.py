@@ -45,7 +45,7 @@ from dvt_ms.deploy.controller import BudgetController
 from dvt_ms.deploy.deadline import DeadlinePolicy, measure_exit_seconds
 from dvt_ms.deploy.engine import EarlyExitEngine
 from dvt_ms.deploy.infer import run_inference
-from dvt_ms.deploy.manifest import select_budget
+from dvt_ms.contract.thresholds import select_row
 from dvt_ms.deploy.preprocess import Preprocessor
 from dvt_ms.deploy.replay import ReplayEngine, replay_images
 from dvt_ms.plots import plot_budget_curve
@@ -121,7 +121,7 @@ def main():
     manifest, gflops = engine.manifest, engine.cumulative_gflops
     document = manifest["thresholds"]
     budget = args.budget or 0.35 * gflops[-1]
-    start = select_budget(document, budget, args.mindir)
+    start = select_row(document["budgets"], budget, source=args.mindir)["exit_thresholds"]
 
     with tempfile.TemporaryDirectory() as work:
         begin = time.perf_counter()

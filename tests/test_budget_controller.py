@@ -10,7 +10,7 @@ import pytest
 from dvt_ms.calibrate import search
 from dvt_ms.deploy.controller import BudgetController, predicted_row_costs
 from dvt_ms.deploy.deadline import DeadlinePolicy, measure_exit_seconds
-from dvt_ms.deploy.manifest import select_budget
+from dvt_ms.contract.thresholds import select_row
 from dvt_ms.deploy.replay import ManualClock, ReplayEngine, replay_images
 
 NUM_CLASSES = 8
@@ -76,7 +76,7 @@ def window_costs(exits, window=WINDOW):
 
 def test_controller_starts_on_the_row_budget_picks_and_targets_its_cost(table):
     controller = BudgetController.from_document(table, EXIT_COST, BUDGET, "table", window=WINDOW)
-    start = select_budget(table, BUDGET, "table")
+    start = select_row(table["budgets"], BUDGET)["exit_thresholds"]
     np.testing.assert_array_equal(controller.thresholds_for_next_call(), np.float32(start))
     row = next(row for row in table["budgets"] if row["exit_thresholds"] == start)
     assert controller.target == pytest.approx(row["calibration_gflops"]) and controller.target <= BUDGET

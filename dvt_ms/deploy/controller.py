@@ -33,7 +33,7 @@ wind up: right after a move the new row's prediction is near the target, so noth
 
 **The target** is the calibration cost of the row ``--budget G`` picks (``start_row``): with no
 drift the controller stays on that row, and it holds the cost the operator runs at today (at most
-G). The selection rule is imported, not restated (``select_budget``, one call in ``from_document``).
+G). The selection rule is the contract's (``select_row``, one call in ``from_document``).
 
 The engine talks to a policy through three calls (``EarlyExitRun``): ``thresholds_for_next_call()``
 before an exit runs, ``images_pushed(count)`` when images arrive and ``exit_ran(k, positions,
@@ -45,7 +45,7 @@ import time
 import numpy as np
 
 from ..errors import InferenceError
-from .manifest import select_budget
+from ..contract.thresholds import select_row
 
 __all__ = ["DEFAULT_WINDOW", "BudgetController", "predicted_row_costs", "format_budget_summary"]
 
@@ -162,8 +162,9 @@ class BudgetController:
     @classmethod
     def from_document(cls, document, exit_gflops, budget_gflops, source, **options):
         """The controller for ``--hold_budget G``: starts on the row ``--budget G`` picks."""
-        start = select_budget(document, budget_gflops, source)
-        return cls(document["budgets"], exit_gflops, start, budget_gflops=budget_gflops, **options)
+        rows = document.get("budgets") or []
+        start = select_row(rows, budget_gflops, source=source)["exit_thresholds"]
+        return cls(rows, exit_gflops, start, budget_gflops=budget_gflops, **options)
 
     # -- the engine's calls ---------------------------------------------------------------------
 

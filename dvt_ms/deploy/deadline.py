@@ -19,7 +19,7 @@ from collections import deque
 
 import numpy as np
 
-from ..calibrate.search import ALWAYS, NEVER
+from ..contract.exit_rule import ALWAYS, NEVER
 from ..errors import InferenceError
 
 __all__ = ["DeadlinePolicy", "measure_exit_seconds", "format_deadline_summary"]

@@ -49,6 +49,7 @@ class ReplayEngine:
         self.max_batch = max_batch
         self.buckets = bucket_sizes(max_batch)
         self.image_shape = (1,)
+        self.manifest = {"num_classes": self.logits.shape[2]}     # what EarlyExitRun reads of a manifest
         self.exit_seconds = exit_seconds
         self.clock = clock
         if len(self.cumulative_gflops) != self.num_exits:
@@ -70,4 +71,4 @@ class ReplayEngine:
         return outputs + ((images,) if k + 1 < self.num_exits else ())
 
     def run(self, exit_thresholds, batch_size=None, policy=None):
-        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch, policy)
+        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch, policy=policy)
