@@ -142,9 +142,10 @@ class EarlyExitEngine:
             reused = tuple(outputs[1:])
         return np.stack(logits)
 
-    def run(self, exit_thresholds, batch_size=None, top_k=1):
-        """A new ``EarlyExitRun`` with these thresholds (one per exit; the last is ignored)."""
-        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch, top_k)
+    def run(self, exit_thresholds, batch_size=None, top_k=1, policy=None):
+        """A new ``EarlyExitRun`` with these thresholds (one per exit; the last is ignored), or
+        with a policy that sets them as it runs (``EarlyExitRun``)."""
+        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch, top_k, policy)
 
     def classify(self, images, exit_thresholds):
         """(exit index, class, confidence) arrays over ``images`` (B, 3, S, S) float32, preprocessed
@@ -198,9 +199,14 @@ class EarlyExitRun:
     ``finish()`` runs the rest; ``results()`` gives (exit index, class, confidence) per image in
     push order, and ``top_k()`` the ``top_k`` best classes and their scores at the answering exit.
     ``answered`` counts the images classified so far (all of them after a push when the batch
-    size is 1)."""
+    size is 1).
 
-    def __init__(self, engine, exit_thresholds, batch_size, top_k=1):
+    A ``policy`` (``controller.BudgetController``, ``deadline.DeadlinePolicy``) steers the run: it
+    gives the thresholds of every exit call (``thresholds_for_next_call()``), hears of every push
+    (``images_pushed(count)``) and of every exit call (``exit_ran(k, positions, confidences,
+    answered)``), and returns which of that call's images are answered."""
+
+    def __init__(self, engine, exit_thresholds, batch_size, top_k=1, policy=None):
         from mindspore import ops
         if len(exit_thresholds) != engine.num_exits:
             raise ValueError(f"{len(exit_thresholds)} thresholds for {engine.num_exits} exits")
@@ -210,6 +216,7 @@ class EarlyExitRun:
         self.batch_size = batch_size
         self.thresholds = np.asarray(exit_thresholds, np.float32)
         self.top_k_count = max(1, int(top_k))
+        self.policy = policy
         self.queues = [_Queue() for _ in range(engine.num_exits)]
         self.pushed = 0
         self.answered = 0
@@ -219,6 +226,8 @@ class EarlyExitRun:
     def push(self, images):
         images = np.asarray(images, np.float32)
         if len(images):
+            if self.policy is not None:
+                self.policy.images_pushed(len(images))
             self.queues[0].add(np.arange(self.pushed, self.pushed + len(images)), images, ())
             self.pushed += len(images)
         self._drain(full_batches_only=True)
@@ -251,7 +260,11 @@ class EarlyExitRun:
             reused = tuple(tensor[pad] for tensor in reused)
         outputs = engine.call_exit(k, ms.Tensor(_pad_rows(images, bucket)), reused)
         probs = softmax(outputs[0].asnumpy()[:count])      # the padding rows are dropped
-        done = accepts(probs.max(axis=1), self.thresholds[k], is_last=k == engine.num_exits - 1)
+        confidence = probs.max(axis=1)
+        thresholds = self.thresholds if self.policy is None else self.policy.thresholds_for_next_call()
+        done = accepts(confidence, thresholds[k], is_last=k == engine.num_exits - 1)
+        if self.policy is not None:
+            done = self.policy.exit_ran(k, positions, confidence, done)
         self._answers.append((positions[done], k, *top_classes(probs[done], self.top_k_count)))
         self.answered += int(done.sum())
         if not done.all():
