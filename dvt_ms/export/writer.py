@@ -14,6 +14,7 @@ from ..deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest
 from ..fileio import staged_directory
 from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
+from ..models.tokenizers import use_portable_soft_split
 from .graphs import ExitGraph, exit_signature
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRECISIONS", "export_model"]
@@ -61,6 +62,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
         if PRECISIONS[precision] is not None:
             ms.amp.auto_mixed_precision(model, "O2", PRECISIONS[precision])   # converts the stages in place
         use_native_ops(model)
+        use_portable_soft_split(model)   # no Im2Col: AI CPU only on Ascend, maybe absent in Lite
         model.set_train(False)
         for k, info in enumerate(exits):
             inputs = [_placeholder(item["shape"]) for item in info["inputs"]]
