@@ -97,7 +97,7 @@ def _run(args):
     from ..checkpoint import load_model_weights
     from ..config import load_config, model_overrides
     from ..data import ImageCheck, open_dataset
-    from ..device import use_device
+    from ..device import set_float32_precision, use_device
     from ..errors import ConfigError, DataError
     from ..fileio import prepare_staged_directory
     from ..models import create_model
@@ -118,7 +118,7 @@ def _run(args):
     cache = os.path.join(config.output_dir, "image_check") if os.path.isdir(config.output_dir) else None
     val_data = open_dataset(config, config.val_split, calib_data.class_names or class_names,
                             ImageCheck(cache, check=config.verify_images), reference=reference)
-    use_device(config.device_target)
+    set_float32_precision(use_device(config.device_target), config.fast_float32)
     model = create_model(config.model, **model_overrides(config))
     for data in (calib_data, val_data):
         if data.num_classes != model.config.num_classes:

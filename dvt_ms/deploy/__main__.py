@@ -13,6 +13,7 @@ import sys
 import time
 
 from .. import cli
+from ..device import set_float32_precision
 from ..errors import InferenceError
 from ..fileio import atomic_write_text, check_output_file
 from .engine import EarlyExitEngine
@@ -45,6 +46,7 @@ def _run(args):
     import mindspore as ms
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(args.device_target)
+    set_float32_precision(args.device_target, args.fast_float32)
     engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size)
     begin = time.perf_counter()
     engine.warm_up()
@@ -71,6 +73,8 @@ def main(argv=None):
                         help="images per exit call; 1 = streaming, with latency percentiles in the summary")
     parser.add_argument("--no_compare", action="store_true", help="skip the all-exits pass that measures speedup")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    parser.add_argument("--fast_float32", action="store_true",
+                        help="let float32 matmuls/convolutions run in HF32 (Ascend) / TF32 (GPU): faster, not float32")
     args = parser.parse_args(argv)
     cli.setup_logging(timestamps=False)
     return cli.run(lambda: _run(args))

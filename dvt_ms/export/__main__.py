@@ -34,7 +34,7 @@ def _run(args):
     from ..config import load_config, model_overrides
     from ..deploy.manifest import check_thresholds_fit, read_thresholds
     from ..deploy.preprocess import resize_for_crop
-    from ..device import use_device
+    from ..device import set_float32_precision, use_device
     from ..fileio import prepare_staged_directory
     from ..models import build_config, create_model
     from .writer import IMAGENET_MEAN, IMAGENET_STD, export_model
@@ -46,7 +46,7 @@ def _run(args):
         thresholds = read_thresholds(args.thresholds)
         check_thresholds_fit(thresholds, config.model,
                              build_config(config.model, **model_overrides(config)).num_exits, args.thresholds)
-    use_device(config.device_target)
+    set_float32_precision(use_device(config.device_target), config.fast_float32)
     model = create_model(config.model, **model_overrides(config))
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
     preprocess = {"img_size": model.config.img_size, "crop_pct": config.crop_pct,
