@@ -14,7 +14,7 @@ from mindspore.communication import get_group_size, get_rank, init
 
 from ..device import set_float32_precision, use_device
 
-__all__ = ["Runtime", "setup_runtime", "sum_over_ranks", "gather_from_ranks"]
+__all__ = ["Runtime", "jit_level_for", "setup_runtime", "sum_over_ranks", "gather_from_ranks"]
 
 _logger = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class Runtime:
     amp_level: str          # O0 (fp32) .. O3
     amp_dtype: object       # ms.float16 or ms.bfloat16 (unused at O0)
     loss_scale_type: str    # none | fixed | dynamic
+    jit_level: str = "O0"   # the train step's compile level (jit_level_for)
 
     @property
     def is_main(self):
@@ -41,6 +42,13 @@ class Runtime:
 def _launched_ranks():
     """World size set by msrun (MS_WORKER_NUM) or a rank-table launch (RANK_SIZE); 1 otherwise."""
     return int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")))
+
+
+def jit_level_for(device):
+    """O1 (MindSpore's operator fusion: the optimizer's, the loss scaling's and the exact GELU's
+    element-wise kernels merged) on Ascend; O0 elsewhere: on CPU O1 gains nothing (measured), on GPU
+    it is not measured yet."""
+    return "O1" if device == "Ascend" else "O0"
 
 
 def setup_runtime(config):
@@ -64,9 +72,9 @@ def setup_runtime(config):
     if loss_scale_type == "auto":
         # float16 gradients underflow without scaling; bfloat16 has float32's range.
         loss_scale_type = "dynamic" if amp_level != "O0" and amp_dtype == ms.float16 else "none"
-    runtime = Runtime(device, rank, world_size, amp_level, amp_dtype, loss_scale_type)
-    _logger.info("device %s, rank %d of %d, amp %s%s, loss scale %s", device, rank, world_size, amp_level,
-                 "" if amp_level == "O0" else f" ({amp_dtype})", loss_scale_type)
+    runtime = Runtime(device, rank, world_size, amp_level, amp_dtype, loss_scale_type, jit_level_for(device))
+    _logger.info("device %s, rank %d of %d, amp %s%s, loss scale %s, jit_level %s", device, rank, world_size,
+                 amp_level, "" if amp_level == "O0" else f" ({amp_dtype})", loss_scale_type, runtime.jit_level)
     return runtime
 
 

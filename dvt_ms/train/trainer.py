@@ -118,6 +118,7 @@ class Trainer:
         self.train_step = TrainStep(exit_losses, optimizer, runtime.loss_scale_type, config.loss_scale,
                                     config.clip_grad_norm, config.ema_decay if config.ema else None,
                                     num_exits=self.arch.num_exits, max_skipped_steps=config.max_skipped_steps)
+        self.train_step.set_jit_config(ms.JitConfig(jit_level=runtime.jit_level))
         self.exit_hits = ExitHits(self.network, self.arch.num_exits, top_k=min(5, self.arch.num_classes))
 
         self.checkpoints = CheckpointManager(config.output_dir, config.keep_checkpoints)

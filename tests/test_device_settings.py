@@ -1,5 +1,6 @@
-"""float32 means float32 on a device: HF32 (Ascend) and TF32 (GPU) are asked off unless
-``fast_float32`` allows them. No device here: the calls MindSpore receives are recorded."""
+"""Per-device settings without a device: float32 means float32 (HF32 on Ascend and TF32 on GPU
+are asked off unless ``fast_float32`` allows them; the calls MindSpore receives are recorded), and
+the train step's jit_level."""
 import mindspore as ms
 import pytest
 from mindspore.device_context.ascend import op_precision as ascend_precision
@@ -42,3 +43,8 @@ def test_runs_ask_for_true_float32_unless_the_config_allows_fast(monkeypatch, tm
                                                  "fast_float32": True}))
     assert seen == [("CPU", False), ("CPU", True)]
     assert ms.get_context("device_target") == "CPU"
+
+
+def test_train_step_fuses_operators_on_ascend_only():
+    assert runtime.jit_level_for("Ascend") == "O1"
+    assert runtime.jit_level_for("CPU") == runtime.jit_level_for("GPU") == "O0"
