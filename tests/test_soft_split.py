@@ -133,3 +133,17 @@ class _SummedLogits(nn.Cell):
 
     def construct(self, images):
         return sum(logits.sum() for logits in self.model(images))
+
+
+def test_exported_t2t_graphs_carry_no_im2col(tmp_path):
+    from dvt_ms.export.writer import export_model
+    model = dvt_ms.create_model("dvt_t2t_vit_12", img_size=64, embed_dim=32, depth=1, num_heads=1, token_dim=16,
+                                num_classes=3)
+    preprocess = {"img_size": 64, "crop_pct": 0.875, "resize": 73, "interpolation": "bicubic",
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    export_model(model, tmp_path / "out", "dvt_t2t_vit_12", preprocess)
+    graphs = sorted((tmp_path / "out").glob("exit*.mindir"))
+    assert len(graphs) == 3
+    for graph in graphs:
+        content = graph.read_bytes()
+        assert b"StridedSlice" in content and b"Im2Col" not in content, graph.name

@@ -47,7 +47,8 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     ``thresholds``: a thresholds document from calibration (``dvt_ms.calibrate``), or None.
     ``precision``: a key of ``PRECISIONS``; other than float32 it converts ``model`` in place.
     ``model`` is switched to MindSpore's native ops in place (no compiled CPU kernels, which the
-    deployment machine would not have), so the Cells and the exported graphs compute the same.
+    deployment machine would not have) and to the sliced T2T soft split (no Im2Col), so the Cells
+    and the exported graphs compute the same.
     The directory appears complete or not at all: everything is written to a temporary sibling
     that is renamed into place at the end."""
     if precision not in PRECISIONS:
