@@ -16,7 +16,7 @@ import time
 from .. import cli
 from ..contract.digest import ACCEPT_MISMATCH_FLAG
 from ..contract.manifest import load_manifest
-from ..device import use_device
+from ..device import set_float32_precision, use_device
 from ..errors import InferenceError
 from ..fileio import atomic_write_text, check_distinct_outputs, check_output_file
 from .classifier import select_exit_thresholds, thresholds_of
@@ -67,6 +67,7 @@ def _run(args):
     paths, labels, folder_names = collect_images(args.inputs)
     labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
     device = use_device(args.device_target)
+    set_float32_precision(device, args.fast_float32)
     engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size)
     begin = time.perf_counter()
     engine.warm_up()
@@ -131,6 +132,8 @@ def main(argv=None):
                         help="also run every image through every exit (no early exit) to measure the speedup")
     parser.add_argument("--device_target", default="auto", choices=["auto", "CPU", "GPU", "Ascend"],
                         help="auto: Ascend, then GPU, then CPU")
+    parser.add_argument("--fast_float32", action="store_true",
+                        help="let float32 matmuls/convolutions run in HF32 (Ascend) / TF32 (GPU): faster, not float32")
     args = parser.parse_args(argv)
     cli.setup_logging(timestamps=False)
     return cli.run(lambda: _run(args), defer_interrupts=True)

@@ -6,10 +6,10 @@ EMA and gradient clipping, mixed precision per device. The step is one compiled 
 (``TrainStep``); under msrun every rank trains on its shard and gradients are averaged across ranks.
 
 The loop reads nothing back after a step: losses, skipped updates and non-finite losses
-accumulate on the device and are read at the logging cadence and before every save (a non-finite
-loss freezes the weights on the device, so the run stops no later than the next log line or
-save, and no checkpoint is ever written after one). On Ascend/GPU, ``data_sink`` feeds the batches through
-the device's data queue. Before anything is built, the run folder (``run_folder``), the step's
+accumulate on the device and are read at the logging cadence and before every save. A step with a
+non-finite loss or gradients is skipped on the device (``TrainStep``); ``max_skipped_steps`` in a
+row freeze the weights there, so the run stops no later than the next log line or save, and no
+checkpoint is written after the streak began. Before anything is built, the run folder (``run_folder``), the step's
 memory (``memory``) and the output path are checked; SIGINT/SIGTERM stop gracefully with a
 checkpoint (``interrupts``); a full disk stops with the last checkpoint intact.
 """
@@ -43,7 +43,8 @@ _logger = logging.getLogger("dvt_ms.train")
 
 
 class NonFiniteLossError(DVTError):
-    """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
+    """``max_skipped_steps`` steps in a row had a NaN/inf loss or gradients; the run stops and keeps
+    its last good checkpoint."""
 
     exit_code = 1
 
@@ -103,7 +104,8 @@ class Trainer:
         optimizer = create_optimizer(self.model, config, self.learning_rates)
         self.train_step = TrainStep(exit_losses, optimizer, runtime.loss_scale_type, config.loss_scale,
                                     config.clip_grad_norm, config.ema_decay if config.ema else None,
-                                    num_exits=self.arch.num_exits)
+                                    num_exits=self.arch.num_exits, max_skipped_steps=config.max_skipped_steps)
+        self.train_step.set_jit_config(ms.JitConfig(jit_level=runtime.jit_level))
         self.exit_hits = ExitHits(self.network, self.arch.num_exits, top_k=min(5, self.arch.num_classes))
 
         self.checkpoints = CheckpointManager(config.output_dir, config.keep_checkpoints)
@@ -167,8 +169,7 @@ class Trainer:
                                  config.log_every_steps, config.progress_bar, enabled=runtime.is_main)
         self.progress.record("start", run_id=self.run_id, resumed_from=self.resumed_from,
                              global_step=state.global_step, steps_per_epoch=self.steps_per_epoch,
-                             world_size=runtime.world_size, device=runtime.device_target, amp_level=runtime.amp_level,
-                             data_sink=runtime.data_sink)
+                             world_size=runtime.world_size, device=runtime.device_target, amp_level=runtime.amp_level)
         _logger.info("%s: %d images, %d classes, %d steps per epoch of %d x %d images, %d epochs",
                      self.train_data.name, self.train_data.num_samples, self.arch.num_classes,
                      self.steps_per_epoch, runtime.world_size, config.batch_size, self.num_epochs)
@@ -226,19 +227,31 @@ class Trainer:
             # msrun ends every worker as soon as one exits with an error: rank 0 may still be saving
             exit_code=0 if runtime.distributed else 128 + signum)
 
+    def _where(self, global_step):
+        epoch, step_in_epoch = divmod(global_step - 1, self.steps_per_epoch)
+        return f"epoch {epoch + 1}, step {step_in_epoch + 1} (global step {global_step})"
+
     def _check_finite(self, report=None):
-        """Stop with ``NonFiniteLossError`` if the device saw a non-finite loss since the last log line."""
+        """Stop with ``NonFiniteLossError`` once ``max_skipped_steps`` steps in a row were skipped."""
         if report is None:
             report = self.train_step.read_monitor(reset=False)
-        if not report.first_non_finite:
+        limit = self.config.max_skipped_steps
+        if report.consecutive_skipped < limit:
             return
-        bad_step = self._window_start + report.first_non_finite
-        epoch, step_in_epoch = divmod(bad_step - 1, self.steps_per_epoch)
+        # The device halts at the streak's last step; a window read without stopping cannot hide it.
+        halted = self._window_start + report.halted_at if report.halted_at else self.state.global_step
+        first_skipped = halted - limit + 1
         last_good = self.checkpoints.latest() or "none (no checkpoint was written yet)"
+        if report.first_non_finite:
+            first_bad = self._window_start + report.first_non_finite
+            losses = f"; exit losses {report.non_finite_losses} at {self._where(first_bad)}"
+        else:
+            losses = "; the losses were finite, the gradients were not"
         raise NonFiniteLossError(
-            f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1} (global step {bad_step}): exit losses "
-            f"{report.non_finite_losses}. Training stopped; the weights were not updated by this step or after "
-            f"it. Last good checkpoint: {last_good}. Try a lower lr or set clip_grad_norm.")
+            f"{limit} steps in a row skipped (non-finite loss or gradients), from {self._where(first_skipped)} to "
+            f"{self._where(halted)}{losses}. Training stopped; the weights were not updated by these steps or "
+            f"after them. Last good checkpoint: {last_good}. Try a lower lr or set clip_grad_norm "
+            f"(max_skipped_steps sets how many skips in a row are tolerated).")
 
     def _log(self):
         report = self.train_step.read_monitor(reset=True)
@@ -250,17 +263,9 @@ class Trainer:
     def _run_steps(self, loader, tracker, skip, num_steps):
         """Run the train step on at most ``num_steps`` batches of ``loader`` after its first ``skip``
         (replayed for an exact resume, see ``data.epoch_loader``); yields after each step is launched."""
-        if self.runtime.data_sink:
-            # The device's data queue takes images and labels only: replaced samples go unnamed here.
-            batches = loader.project(["image", "label"]).skip(skip)
-            sink_step = ms.data_sink(self.train_step, batches)   # batches through the device's data queue
-            for _ in range(num_steps):
-                sink_step()
-                yield
-        else:
-            for _, (images, labels, _) in zip(range(num_steps), checked_batches(loader, tracker, skip)):
-                self.train_step(images, labels)
-                yield
+        for _, (images, labels, _) in zip(range(num_steps), checked_batches(loader, tracker, skip)):
+            self.train_step(images, labels)
+            yield
 
     def _train_epoch(self):
         config, runtime, state = self.config, self.runtime, self.state
