@@ -43,11 +43,15 @@ class FusedAdamW(nn.Cell):
 
 def create_adamw(device, groups, learning_rates, betas=(0.9, 0.999), eps=1e-8):
     """The AdamW for ``device``: ``FusedAdamW`` where the kernel exists, else mindcv's ``AdamW`` with
-    the same groups (``{"params", "weight_decay"}`` dicts) and per-step learning rates. Their
+    the same groups (``{"params", "weight_decay"}`` dicts, and optionally MindSpore's
+    ``{"order_params"}``, which mindcv's keeps) and per-step learning rates. Their
     optimizer states are named differently: a checkpoint resumes on a device of the same kind."""
+    order = next((group["order_params"] for group in groups if "order_params" in group), None)
+    groups = [group for group in groups if "params" in group]
     if fused_adamw_available(device):
         return FusedAdamW(groups, learning_rates, betas, eps)
     params = [{"params": list(group["params"]), "weight_decay": float(group["weight_decay"])} for group in groups]
-    params.append({"order_params": [param for group in groups for param in group["params"]]})
+    params.append({"order_params": list(order) if order is not None else
+                   [param for group in groups for param in group["params"]]})
     return MindcvAdamW(params, learning_rate=list(map(float, learning_rates)), beta1=float(betas[0]),
                        beta2=float(betas[1]), eps=float(eps))

@@ -19,7 +19,7 @@ docs/training.md). What that means here:
   overlapping its start, then ``cooldown_epochs`` at ``min_lr`` (``learning_rates``).
 """
 from mindcv.optim import create_optimizer as mindcv_optimizer
-from mindcv.optim.adamw import AdamW
+from .adamw import create_adamw
 from mindcv.scheduler.dynamic_lr import cosine_decay_lr, cosine_decay_refined_lr, linear_lr, linear_refined_lr
 
 __all__ = ["WEIGHT_DECAY_FILTERS", "create_optimizer", "learning_rates", "weight_decay_groups"]
@@ -62,12 +62,13 @@ def weight_decay_groups(model, weight_decay, weight_decay_filter):
             {"order_params": params}]
 
 
-def create_optimizer(model, config, lr_per_step):
-    """The optimizer ``config`` asks for over ``model``'s trainable parameters, one learning rate per step."""
+def create_optimizer(model, config, lr_per_step, device="CPU"):
+    """The optimizer ``config`` asks for over ``model``'s trainable parameters, one learning rate per step.
+
+    AdamW is the device's: MindSpore's fused kernel where ``device`` has it, else mindcv's (``adamw.py``)."""
     groups = weight_decay_groups(model, config.weight_decay, config.weight_decay_filter)
     if config.opt == "adamw":
-        beta1, beta2 = config.opt_betas
-        return AdamW(groups, learning_rate=lr_per_step, beta1=beta1, beta2=beta2, eps=config.opt_eps)
+        return create_adamw(device, groups, lr_per_step, config.opt_betas, config.opt_eps)
     # Groups carry their weight decay; mindcv passes them through untouched only with its "auto" filter.
     return mindcv_optimizer(groups, config.opt, lr=lr_per_step, weight_decay_filter="auto")
 

@@ -101,7 +101,7 @@ class Trainer:
         self.num_epochs = config.epochs + config.cooldown_epochs
         self.learning_rates = learning_rates(config, self.steps_per_epoch)
         exit_losses = ExitLosses(self.network, create_loss("CE", label_smoothing=config.label_smoothing))
-        optimizer = create_optimizer(self.model, config, self.learning_rates)
+        optimizer = create_optimizer(self.model, config, self.learning_rates, runtime.device_target)
         self.train_step = TrainStep(exit_losses, optimizer, runtime.loss_scale_type, config.loss_scale,
                                     config.clip_grad_norm, config.ema_decay if config.ema else None,
                                     num_exits=self.arch.num_exits, max_skipped_steps=config.max_skipped_steps)
