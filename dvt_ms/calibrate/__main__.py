@@ -101,6 +101,7 @@ def _run(args):
     from ..errors import ConfigError, DataError
     from ..fileio import prepare_staged_directory
     from ..models import create_model
+    from ..models.layers import use_device_kernels
     from ..models.flops import model_flops
     from . import search
     from .report import calibrate, write_report
@@ -118,7 +119,7 @@ def _run(args):
     cache = os.path.join(config.output_dir, "image_check") if os.path.isdir(config.output_dir) else None
     val_data = open_dataset(config, config.val_split, calib_data.class_names or class_names,
                             ImageCheck(cache, check=config.verify_images), reference=reference)
-    use_device(config.device_target)
+    use_device_kernels(use_device(config.device_target))
     model = create_model(config.model, **model_overrides(config))
     for data in (calib_data, val_data):
         if data.num_classes != model.config.num_classes:

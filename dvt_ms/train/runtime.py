@@ -13,6 +13,7 @@ from mindspore import nn, ops
 from mindspore.communication import get_group_size, get_rank, init
 
 from ..device import use_device
+from ..models.layers import use_device_kernels
 
 __all__ = ["Runtime", "setup_runtime", "sum_over_ranks", "gather_from_ranks"]
 
@@ -47,6 +48,7 @@ def _launched_ranks():
 def setup_runtime(config):
     """Set MindSpore's context for ``config`` and join the data-parallel group if launched as one."""
     device = use_device(config.device_target)
+    use_device_kernels(device)
     rank, world_size = 0, 1
     if _launched_ranks() > 1:
         init()
