@@ -1,7 +1,7 @@
 """How much of DVT's theoretical saving the MindIR early-exit engine delivers on this machine.
 
     python benchmarks/early_exit_engine.py --preset dvt_deit_small [--images 64] [--shares 0.6 0.25 0.15]
-    python benchmarks/early_exit_engine.py --config configs/demo.yaml [...]   # a config's model, random weights
+    python benchmarks/early_exit_engine.py --config configs/demo.yaml [key=value ...]   # a config's model, random weights
     python benchmarks/early_exit_engine.py --mindir DIR [...]                 # an export directory
 
 On the same images it times the model part (after compiling every batch size once):
@@ -33,13 +33,14 @@ from dvt_ms.deploy.preprocess import Preprocessor
 LOGGER = logging.getLogger("early_exit_engine")
 
 
-def _export_random(out_dir, preset=None, config_path=None):
+def _export_random(out_dir, preset=None, config_path=None, overrides=()):
     import dvt_ms
     from dvt_ms.config import load_config, model_overrides
     from dvt_ms.deploy.preprocess import resize_for_crop
     from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
     # the benchmark reads no dataset: data_dir only satisfies the run-config check
-    overrides = {"data_dir": "unused"} if config_path else {"model": preset, "data_dir": "unused"}
+    from dvt_ms.cli import parse_overrides
+    overrides = {**parse_overrides(list(overrides)), "data_dir": "unused", **({} if config_path else {"model": preset})}
     config = load_config(config_path, overrides)
     model = dvt_ms.create_model(config.model, **model_overrides(config))
     img_size = model.config.img_size
@@ -93,7 +94,8 @@ def main():
     source.add_argument("--config", help="export this config's model with random weights (e.g. configs/demo.yaml)")
     source.add_argument("--mindir", help="an export directory (run_export.sh)")
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="images per exit call (default: the engine's choice for --images, as run_infer.sh)")
     parser.add_argument("--shares", type=float, nargs="+", default=[0.6, 0.25, 0.15],
                         help="share of images stopping at each exit")
     parser.add_argument("--repeats", type=int, default=3)
@@ -102,7 +104,8 @@ def main():
     parser.add_argument("--image_size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"),
                         help="size of the JPEG files whose preprocessing is timed")
     parser.add_argument("--device_target", default="CPU")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config/--preset)")
+    args = parser.parse_intermixed_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(args.device_target)
@@ -111,8 +114,9 @@ def main():
         model_dir = args.mindir
         if not model_dir:
             model_dir = os.path.join(scratch, "mindir")
-            _export_random(model_dir, args.preset, args.config)
-        engine = EarlyExitEngine(model_dir, max_batch=args.batch_size)
+            _export_random(model_dir, args.preset, args.config, args.overrides)
+        engine = EarlyExitEngine(model_dir, max_batch=args.batch_size, num_images=args.images)
+        args.batch_size = engine.max_batch
         if len(args.shares) != engine.num_exits or abs(sum(args.shares) - 1) > 1e-6:
             parser.error(f"--shares needs {engine.num_exits} values summing to 1")
         begin = time.perf_counter()

@@ -35,7 +35,7 @@ def _exit_thresholds(args, manifest):
 
 
 def _run(args):
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
     check_output_file(args.out, args.summary)
     manifest = load_manifest(args.model)
@@ -45,12 +45,12 @@ def _run(args):
     import mindspore as ms
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(args.device_target)
-    engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size)
+    engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size, num_images=len(paths))
     begin = time.perf_counter()
     engine.warm_up()
     LOGGER.info("compiled %d exits at batch sizes %s in %.1fs", engine.num_exits, engine.buckets,
                 time.perf_counter() - begin)
-    records, summary = run_inference(engine, paths, labels, exit_thresholds, args.batch_size, not args.no_compare)
+    records, summary = run_inference(engine, paths, labels, exit_thresholds, engine.max_batch, not args.no_compare)
     if args.out:
         write_results(args.out, records)
     if args.summary:
@@ -67,8 +67,9 @@ def main(argv=None):
     parser.add_argument("inputs", nargs="+", help="images and/or folders (class subfolders give accuracy)")
     parser.add_argument("--out", help="per-image results, .csv or .json")
     parser.add_argument("--summary", help="write the summary as JSON here")
-    parser.add_argument("--batch_size", type=int, default=32,
-                        help="images per exit call; 1 = streaming, with latency percentiles in the summary")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="images per exit call (default: chosen from the number of images and the model's "
+                             "GFLOPs); 1 = streaming, with latency percentiles in the summary")
     parser.add_argument("--no_compare", action="store_true", help="skip the all-exits pass that measures speedup")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     args = parser.parse_args(argv)

@@ -70,14 +70,15 @@ def labels_in_model_order(labels, folder_names, model_class_names, source):
     return index[labels]
 
 
-def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare_all_exits=True):
+def run_inference(engine, paths, labels, exit_thresholds, batch_size=None, compare_all_exits=True):
     """Classify ``paths`` with early exit. Returns (per-image records, summary dict).
 
     ``labels`` (or None) are in the model's class order. Unreadable images are reported and
     skipped. Preprocessing and the model part are timed apart; with ``compare_all_exits`` the
     same batches are also run through every exit (no early exit) to measure the speedup of the
     model part. With ``batch_size`` 1 (streaming) every image is classified as it comes and the
-    summary gives latency percentiles."""
+    summary gives latency percentiles; None runs the engine's own (``max_batch``)."""
+    batch_size = batch_size or engine.max_batch
     preprocess = Preprocessor(engine.manifest["preprocess"])
     run = engine.run(exit_thresholds, batch_size)
     kept_paths, kept_labels, skipped = [], [], []
