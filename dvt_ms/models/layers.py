@@ -133,6 +133,7 @@ class Attention(nn.Cell):
         self.qkv = dense(dim, dim * 3, has_bias=qkv_bias)
         self.proj = dense(dim, dim)
         self.proj_drop = nn.Dropout(p=drop)
+        self.query_key = ops.BatchMatMul(transpose_b=True)
 
     def construct(self, x, relation_bias=None):
         _, tokens, dim = x.shape
@@ -142,7 +143,7 @@ class Attention(nn.Cell):
         query = ops.cast(self._heads(query, tokens), ms.float32)
         key = ops.cast(self._heads(key, tokens), ms.float32)
         value = self._heads(value, tokens)
-        relation = ops.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale
+        relation = self.query_key(query, key) * self.scale      # q·kᵀ without transposing k first
         if relation_bias is not None:
             relation = relation + ops.cast(relation_bias, ms.float32)
         weights = ops.cast(ops.softmax(relation, axis=-1), value.dtype)

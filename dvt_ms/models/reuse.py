@@ -44,10 +44,21 @@ class RelationReuse(nn.Cell):
         self.matmul = ops.MatMul()
 
     def construct(self, prev_relations):
-        mixed = self.reduce(self.act(self.expand(prev_relations)))
+        mixed = self._conv1x1(self.reduce, self.act(self._conv1x1(self.expand, prev_relations)))
         _, channels, tokens, _ = mixed.shape
         out_tokens = self.token_map.shape[0]
         token_map = ops.cast(self.token_map, mixed.dtype)
         keys = self.matmul(mixed.reshape(-1, tokens), ops.cast(self.token_map_t, mixed.dtype))   # R Pᵀ
         both = ops.matmul(token_map, keys.reshape(-1, tokens, out_tokens))                      # P (R Pᵀ)
         return both.reshape(-1, channels, out_tokens, out_tokens)
+
+    @staticmethod
+    def _conv1x1(conv, x):
+        """``conv`` (1x1, with bias) as W·X per image over the flattened token pairs: the CPU's
+        matrix product instead of its convolution (docs/performance.md); the Conv2d holds the weight."""
+        _, channels, rows, cols = x.shape
+        out_channels = conv.weight.shape[0]
+        weight = ops.cast(conv.weight.reshape(out_channels, channels), x.dtype)
+        mixed = ops.matmul(weight, x.reshape(-1, channels, rows * cols))
+        mixed = mixed + ops.cast(conv.bias, x.dtype).reshape(out_channels, 1)
+        return mixed.reshape(-1, out_channels, rows, cols)
