@@ -14,12 +14,16 @@ and reports each speedup measured beside the one predicted by FLOPs, and their r
 that it times preprocessing (decode, resize, crop, normalise) of JPEG files of --image_size, and
 batch-1 latency (streaming; p50/p95 overall and per exit).
 ``--preset`` and ``--config`` export a randomly initialised model first (latency does not depend on
-the weights).
+the weights). With ``--preset`` and ``--torch_python``, the exported graphs' full cascade (every exit,
+batch ``--batch_size``) is set against the PyTorch reference of the authors' code at the same batch
+(benchmarks/torch_reference.py, timed in a subprocess while MindSpore is idle).
 """
 import argparse
+import json
 import logging
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 
@@ -104,9 +108,22 @@ def main():
     parser.add_argument("--image_size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"),
                         help="size of the JPEG files whose preprocessing is timed")
     parser.add_argument("--device_target", default="CPU")
+    parser.add_argument("--torch_python", help="a Python with torch (with --preset): the authors' cascade alongside")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config/--preset)")
     args = parser.parse_intermixed_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.torch_python and args.preset and args.batch_size is None:
+        args.batch_size = 16
+    # before MindSpore's runtime starts: its idle threads would slow the PyTorch reference
+    reference = None
+    if args.torch_python and args.preset:
+        command = [args.torch_python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py"),
+                   "--model", args.preset, "--batch", str(args.batch_size), "--repeats", str(args.repeats)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            LOGGER.warning("torch reference failed: %s", result.stderr.strip()[-300:])
+        else:
+            reference = json.loads(result.stdout.strip().splitlines()[-1])["ms_per_image"]
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(args.device_target)
 
@@ -181,6 +198,10 @@ def main():
                       for k, (s, info) in enumerate(zip(stage_seconds, exits_info)))
           + f"; the speedup over every exit these stage times allow: {by_stage_times:.2f}x "
           f"(measured / stage times: {all_exits / early / by_stage_times:.2f})")
+    if reference:
+        ours = 1e3 * all_exits / args.images
+        print(f"\nexported graphs, every exit, batch {args.batch_size}: {ours:.1f} ms/image; PyTorch reference of the "
+              f"authors' cascade: {reference:.1f} ms/image; speedup {reference / ours:.2f}x")
     if streaming:
         print(f"\nbatch 1 (streaming, {len(streaming['early'])} images), model part, ms:\n")
         print("| run | p50 | p95 |")
