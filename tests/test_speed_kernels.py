@@ -17,7 +17,7 @@ from dvt_ms.models import cpu_kernels
 from dvt_ms.models.layers import GELU, Attention, LayerNorm, use_cpu_kernels, use_device_kernels, use_fused_gelu
 from dvt_ms.models.presets import patch_geometry
 from dvt_ms.models.resample import resample_matrix
-from dvt_ms.models.reuse import RelationReuse
+from dvt_ms.models.reuse import FeatureReuse, RelationReuse
 from dvt_ms.models.tokenizers import PatchTokenizer, TokenPerformer
 from helpers import GOLDEN_MODELS, converted_golden_model
 
@@ -123,6 +123,24 @@ def test_relation_resampling_as_one_matrix_equals_resampling_each_token_axis(src
     rows = keys.swapaxes(-1, -2)
     expected = np.concatenate((rows[..., :1], resample_last(rows[..., 1:])), axis=-1).swapaxes(-1, -2)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("src, dst", [(7, 10), (10, 14), (2, 4)])
+def test_feature_reuse_as_one_map_gives_a_zero_class_token_and_each_channel_grid_resampled(src, dst):
+    """diag(0, M ⊗ M) applied once against the published rule in numpy: the class token's 48
+    channels zero, every channel's patch grid mapped X -> M X Mᵀ."""
+    reuse = FeatureReuse(dim=32, src_grid=src, dst_grid=dst, eps=1e-6)
+    reuse.set_train(False)
+    prev = random((2, 1 + src * src, 32), seed=13)
+    got = reuse(ms.Tensor(prev)).asnumpy()
+    compressed = reuse.mlp(reuse.norm(ms.Tensor(prev))).asnumpy().astype(np.float64)
+    m = resample_matrix(src, dst).astype(np.float64)
+    grids = compressed[:, 1:].transpose(0, 2, 1).reshape(2, -1, src, src)        # (B, C, src, src)
+    patches = (m @ grids @ m.T).reshape(2, -1, dst * dst).transpose(0, 2, 1)
+    expected = np.concatenate((np.zeros_like(compressed[:, :1]), patches), axis=1)
+    assert got.shape == (2, 1 + dst * dst, reuse.out_dim)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert not got[:, 0].any()
 
 
 class _GradOf(nn.Cell):
