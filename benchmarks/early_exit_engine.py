@@ -18,7 +18,6 @@ the weights). With ``--preset`` and ``--torch_python``, the exported graphs' ful
 batch ``--batch_size``) is set against the PyTorch reference of the authors' code at the same batch
 (benchmarks/torch_reference.py, timed in a subprocess while MindSpore is idle).
 """
-import argparse
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import time
 import numpy as np
 import mindspore as ms
 
+from dvt_ms import cli
 from dvt_ms.calibrate import search
 from dvt_ms.deploy.engine import EarlyExitEngine
 from dvt_ms.deploy.preprocess import Preprocessor
@@ -39,14 +39,13 @@ LOGGER = logging.getLogger("early_exit_engine")
 
 def _export_random(out_dir, preset=None, config_path=None, overrides=()):
     import dvt_ms
-    from dvt_ms.config import load_config, model_overrides
+    from dvt_ms.config import load_config
     from dvt_ms.deploy.preprocess import resize_for_crop
     from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
-    # the benchmark reads no dataset: data_dir only satisfies the run-config check
     from dvt_ms.cli import parse_overrides
-    overrides = {**parse_overrides(list(overrides)), "data_dir": "unused", **({} if config_path else {"model": preset})}
-    config = load_config(config_path, overrides)
-    model = dvt_ms.create_model(config.model, **model_overrides(config))
+    overrides = {**parse_overrides(list(overrides)), **({} if config_path else {"model": preset})}
+    config = load_config(config_path, overrides or None, command="export")
+    model = dvt_ms.DVT(config.arch)
     img_size = model.config.img_size
     preprocess = {"img_size": img_size, "crop_pct": config.crop_pct,
                   "resize": resize_for_crop(img_size, config.crop_pct), "interpolation": config.interpolation,
@@ -92,7 +91,7 @@ def _write_jpegs(folder, count, size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("benchmarks/early_exit_engine.py", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="export this preset with random weights and benchmark it")
     source.add_argument("--config", help="export this config's model with random weights (e.g. configs/demo.yaml)")
