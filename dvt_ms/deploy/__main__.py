@@ -39,9 +39,9 @@ def _budget_controller(args, manifest):
 def _check_options(args):
     if args.deadline_ms is not None and args.hold_budget is not None:
         raise InferenceError("--deadline_ms and --hold_budget do not combine: choose one")
-    if args.batch_size is None:
-        args.batch_size = 1 if args.deadline_ms is not None else 32
-    if args.batch_size < 1:
+    if args.batch_size is None and args.deadline_ms is not None:
+        args.batch_size = 1
+    if args.batch_size is not None and args.batch_size < 1:
         raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.deadline_ms is not None and args.batch_size != 1:
         raise InferenceError(f"--deadline_ms streams images one at a time: it needs --batch_size 1, "
@@ -68,7 +68,7 @@ def _run(args):
     labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
     device = use_device(args.device_target)
     set_float32_precision(device, args.fast_float32)
-    engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size)
+    engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size, num_images=len(paths))
     begin = time.perf_counter()
     engine.warm_up()
     LOGGER.info("compiled %d exits at batch sizes %s on %s in %.1fs", engine.num_exits, engine.buckets, device,
@@ -76,7 +76,7 @@ def _run(args):
     policy = controller
     if args.deadline_ms is not None:
         policy = DeadlinePolicy(args.deadline_ms, exit_thresholds, measure_exit_seconds(engine))
-    records, summary = run_inference(engine, paths, labels, exit_thresholds, args.batch_size, args.compare,
+    records, summary = run_inference(engine, paths, labels, exit_thresholds, engine.max_batch, args.compare,
                                      args.top_k, policy)
     if row is not None:
         asked = {"budget_gflops": args.budget} if args.budget is not None else {"target_accuracy": args.accuracy}
@@ -124,9 +124,9 @@ def main(argv=None):
     parser.add_argument("inputs", nargs="+", help="images and/or folders (class subfolders give accuracy)")
     parser.add_argument("--out", help="per-image results, .csv or .json")
     parser.add_argument("--summary", help="write the summary as JSON here")
-    parser.add_argument("--batch_size", type=int,
-                        help="images per exit call (default 32; 1 with --deadline_ms); 1 = streaming, with "
-                             "latency percentiles in the summary")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="images per exit call (default: chosen from the number of images and the model's "
+                             "GFLOPs; 1 with --deadline_ms); 1 = streaming, with latency percentiles in the summary")
     parser.add_argument("--top_k", type=int, default=1, help="also give the K best classes at the answering exit")
     parser.add_argument("--compare", action="store_true",
                         help="also run every image through every exit (no early exit) to measure the speedup")

@@ -106,7 +106,7 @@ def labels_in_model_order(labels, folder_names, model_class_names, source):
     return index[labels]
 
 
-def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare_all_exits=False, top_k=1,
+def run_inference(engine, paths, labels, exit_thresholds, batch_size=None, compare_all_exits=False, top_k=1,
                   policy=None):
     """Classify ``paths`` with early exit. Returns (per-image records, summary dict).
 
@@ -118,8 +118,9 @@ def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare
     skipped. Preprocessing and the model part are timed apart; with ``compare_all_exits`` the
     same batches are also run through every exit (no early exit) to measure the speedup of the
     model part (each image then runs twice). With ``batch_size`` 1 (streaming) every image is
-    classified as it comes and the summary gives latency percentiles. ``top_k`` > 1 adds the best
-    classes at the answering exit to each record."""
+    classified as it comes and the summary gives latency percentiles; None runs the engine's own
+    (``max_batch``). ``top_k`` > 1 adds the best classes at the answering exit to each record."""
+    batch_size = batch_size or engine.max_batch
     preprocess = Preprocessor(engine.manifest["preprocess"])
     run = engine.run(exit_thresholds, batch_size, top_k, policy)
     kept_paths, kept_labels, skipped = [], [], []

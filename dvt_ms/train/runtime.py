@@ -13,6 +13,7 @@ from mindspore import nn, ops
 from mindspore.communication import get_group_size, get_rank, init
 
 from ..device import set_float32_precision, use_device
+from ..models.layers import use_device_kernels
 
 __all__ = ["Runtime", "jit_level_for", "setup_runtime", "sum_over_ranks", "gather_from_ranks"]
 
@@ -55,6 +56,7 @@ def setup_runtime(config):
     """Set MindSpore's context for ``config`` and join the data-parallel group if launched as one."""
     device = use_device(config.device_target)
     set_float32_precision(device, config.fast_float32)
+    use_device_kernels(device)
     rank, world_size = 0, 1
     if _launched_ranks() > 1:
         init()
