@@ -12,7 +12,8 @@ import numpy as np
 from mindspore import nn, ops
 from mindspore.communication import get_group_size, get_rank, init
 
-from ..device import use_device
+from ..device import auto_cpu_refusal, use_device
+from ..errors import ConfigError
 
 __all__ = ["Runtime", "setup_runtime", "sum_over_ranks", "gather_from_ranks"]
 
@@ -28,6 +29,7 @@ class Runtime:
     amp_dtype: object       # ms.float16 or ms.bfloat16 (unused at O0)
     loss_scale_type: str    # none | fixed | dynamic
     data_sink: bool = False  # batches through the device's data queue (Ascend/GPU only)
+    device_automatic: bool = False  # device_target was auto (chosen here, not written in the config)
 
     @property
     def is_main(self):
@@ -46,9 +48,14 @@ def _launched_ranks():
 
 def setup_runtime(config):
     """Set MindSpore's context for ``config`` and join the data-parallel group if launched as one."""
-    device = use_device(config.device_target)
+    launched = _launched_ranks()
+    choice = use_device(config.device_target)
+    device = choice.device
+    if choice.automatic and device == "CPU" and launched > 1:
+        # 8 msrun ranks training on the host CPU is never what the user meant.
+        raise ConfigError(auto_cpu_refusal(f"a data-parallel run of {launched} workers"))
     rank, world_size = 0, 1
-    if _launched_ranks() > 1:
+    if launched > 1:
         init()
         rank, world_size = get_rank(), get_group_size()
         ms.reset_auto_parallel_context()
@@ -69,7 +76,8 @@ def setup_runtime(config):
         # mindspore.data_sink feeds a device queue that only Ascend and GPU have.
         _logger.warning("data_sink: MindSpore sinks data to Ascend and GPU only; training on CPU without it")
         data_sink = False
-    runtime = Runtime(device, rank, world_size, amp_level, amp_dtype, loss_scale_type, data_sink)
+    runtime = Runtime(device, rank, world_size, amp_level, amp_dtype, loss_scale_type, data_sink,
+                      device_automatic=choice.automatic)
     _logger.info("device %s, rank %d of %d, amp %s%s, loss scale %s%s", device, rank, world_size, amp_level,
                  "" if amp_level == "O0" else f" ({amp_dtype})", loss_scale_type, ", data sink" if data_sink else "")
     return runtime
