@@ -17,6 +17,8 @@ import shutil
 
 import mindspore as ms
 
+from .errors import ConfigError
+
 __all__ = ["DeviceChoice", "choose_device", "resolve_device", "use_device", "auto_cpu_refusal",
            "ACCELERATORS"]
 
@@ -110,8 +112,14 @@ def auto_cpu_refusal(what):
 
 
 def use_device(device_target):
-    """Run in GRAPH_MODE on ``device_target`` (``auto`` resolved and logged); returns the ``DeviceChoice``."""
+    """Run in GRAPH_MODE on ``device_target`` (``auto`` resolved and logged); returns the ``DeviceChoice``.
+
+    An accelerator written explicitly whose plugin did not load is a one-line ``ConfigError`` with
+    MindSpore's load error (MindSpore itself raises a RuntimeError with a C++ call stack)."""
     choice = choose_device(device_target)
+    if choice.device in ACCELERATORS and not choice.automatic and not _plugin_loaded(choice.device):
+        raise ConfigError(f"device_target {choice.device}: MindSpore cannot use it on this host: "
+                          f"{_why_unavailable(choice.device)}")
     if choice.automatic:
         log = _logger.warning if choice.device == "CPU" and any(
             "did not load" in why for why in choice.passed_over.values()) else _logger.info

@@ -108,3 +108,11 @@ def test_auto_on_cpu_refuses_an_imagenet_step_unless_cpu_is_written(plugins, aut
             check_training_memory(model_config, batch_size, runtime, available=plenty)
     else:
         check_training_memory(model_config, batch_size, runtime, available=plenty)
+
+
+def test_an_explicit_device_whose_plugin_did_not_load_is_a_one_line_error(plugins):
+    plugins["error"] = ASCEND_LOAD_ERROR
+    with pytest.raises(ConfigError) as error:
+        device.use_device("Ascend")
+    message = str(error.value)
+    assert message.startswith("device_target Ascend:") and "libge_runner.so" in message and "\n" not in message
