@@ -22,6 +22,8 @@ ALLOWED = {
     # the exit rule (numpy only) is shared with calibration; nothing else of training, data or mindcv
     "deploy": {"calibrate.search"},
     "demo": set(),
+    # the self-check on the user's hardware: a top-level tool over the whole flow; nothing imports it
+    "devicecheck": {"models", "config", "convert", "data", "checkpoint", "train", "calibrate", "export", "deploy"},
 }
 DATA_FLOW = ["models", "convert", "train", "calibrate", "export", "deploy"]
 
@@ -95,6 +97,12 @@ def test_model_and_deployment_import_nothing_of_training():
     for module, path in _modules():
         if _part(module) in ("models", "deploy"):
             assert not {t for t in _imports(module, path) if _part(t) == "train"}, module
+
+
+def test_nothing_imports_the_device_check():
+    importers = [module for module, path in _modules() if _part(module) != "devicecheck"
+                 and any(_part(target) == "devicecheck" for target in _imports(module, path))]
+    assert not importers, importers
 
 
 def test_no_import_cycles():
