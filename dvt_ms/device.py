@@ -19,7 +19,7 @@ import mindspore as ms
 
 from .errors import ConfigError
 
-__all__ = ["DeviceChoice", "choose_device", "resolve_device", "use_device", "auto_cpu_refusal",
+__all__ = ["DeviceChoice", "choose_device", "use_device", "auto_cpu_refusal",
            "ACCELERATORS"]
 
 _logger = logging.getLogger(__name__)
@@ -95,11 +95,6 @@ def choose_device(device_target):
             return DeviceChoice(candidate, automatic=True, passed_over=passed_over)
         passed_over[candidate] = _why_unavailable(candidate)
     return DeviceChoice("CPU", automatic=True, passed_over=passed_over)
-
-
-def resolve_device(device_target):
-    """The device ``device_target`` names (``auto`` resolved as ``choose_device`` does)."""
-    return choose_device(device_target).device
 
 
 def auto_cpu_refusal(what):
