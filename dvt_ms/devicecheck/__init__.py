@@ -133,9 +133,10 @@ def _training(preset, reduced, device_target, batch_size, steps, work_dir, profi
 
     def work():
         img_size = build_config(preset).img_size
-        data_dir = work_dir / f"images_{img_size}"
+        per_class = batch_size * steps   # two classes: steps_per_epoch = 2 * steps
+        data_dir = work_dir / f"images_{img_size}px_{per_class}"
         if not data_dir.exists():
-            _write_images(data_dir / "train", img_size, per_class=batch_size * steps, seed=0)
+            _write_images(data_dir / "train", img_size, per_class=per_class, seed=0)
             _write_images(data_dir / "val", img_size, per_class=1, seed=1)
         output_dir = work_dir / f"run_{preset}_{'reduced' if reduced else 'full'}"
         config = load_config(overrides={
