@@ -268,6 +268,7 @@ def run_device_check(device_target="auto", quick=False, presets=None, steps=2, f
         work_dir = pathlib.Path(work_dir or temporary)
         work_dir.mkdir(parents=True, exist_ok=True)
         use_device(device_target)
+        device_target = choice.device   # resolved and logged once; every part runs there
         parts = []
         for family in GOLDEN_MODELS:
             if golden_dir is None:
@@ -302,7 +303,7 @@ def run_device_check(device_target="auto", quick=False, presets=None, steps=2, f
     return {
         "environment": {
             "mindspore": ms.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "device_target": device_target, "device": choice.device, "device_reason": choice.reason(),
+            "device_target": "auto" if choice.automatic else choice.device, "device": choice.device, "device_reason": choice.reason(),
             "quick": quick, "rank_agreement": "needs several workers: run_train.sh --num_devices N checks it "
                                               "(rank_agreement records in log.jsonl)"},
         "parts": [dataclasses.asdict(part) for part in parts],
