@@ -14,9 +14,10 @@ import time
 
 from .. import cli
 from ..errors import InferenceError
-from ..fileio import atomic_write_text, check_output_file
+from ..fileio import atomic_write_text, check_distinct_outputs, check_output_file
 from .engine import EarlyExitEngine
-from .infer import collect_images, format_summary, labels_in_model_order, run_inference, write_results
+from .infer import (RESULTS_FILE, SUMMARY_FILE, collect_images, format_summary, labels_in_model_order,
+                    run_inference, write_results)
 from .manifest import MANIFEST_NAME, load_manifest, load_thresholds, select_budget
 
 LOGGER = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ def _exit_thresholds(args, manifest):
 def _run(args):
     if args.batch_size < 1:
         raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
-    check_output_file(args.out, args.summary)
+    check_distinct_outputs(out=args.out, summary=args.summary)
+    check_output_file(args.out, kind=RESULTS_FILE)
+    check_output_file(args.summary, kind=SUMMARY_FILE)
     manifest = load_manifest(args.model)
     exit_thresholds = _exit_thresholds(args, manifest)
     paths, labels, folder_names = collect_images(args.inputs)
@@ -56,6 +59,16 @@ def _run(args):
     if args.summary:
         atomic_write_text(args.summary, json.dumps(summary, indent=1))
     print(format_summary(summary, engine.num_exits))
+    written = " and ".join(path for path in (args.out, args.summary) if path)
+    if written:
+        print(f"results: {written}")
+    stopped = summary.get("interrupted")
+    if stopped:
+        sys.stdout.flush()
+        print(f"interrupted: {stopped['classified']} of {stopped['of']} images classified"
+              + (f"; their results are in {written}" if written else ""), file=sys.stderr)
+        return stopped["exit_code"]
+    return 0
 
 
 def main(argv=None):
@@ -73,7 +86,7 @@ def main(argv=None):
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     args = parser.parse_args(argv)
     cli.setup_logging(timestamps=False)
-    return cli.run(lambda: _run(args))
+    return cli.run(lambda: _run(args), defer_interrupts=True)
 
 
 if __name__ == "__main__":

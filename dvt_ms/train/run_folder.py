@@ -31,14 +31,15 @@ import yaml
 
 from ..errors import OutputPathError
 from ..fileio import atomic_write_text, check_output_dir, remove_stale_temporaries
+from ..runrecord import RUN_CONFIG_NAME, RUN_RECORD_NAME
 from .checkpoints import BEST_NAME, CheckpointManager
 
 __all__ = ["RUN_FILE_NAMES", "RunFolder", "inspect_run_folder"]
 
 _logger = logging.getLogger(__name__)
 
-RUN_NAME = "run.json"
-CONFIG_NAME = "config.yaml"
+RUN_NAME = RUN_RECORD_NAME
+CONFIG_NAME = RUN_CONFIG_NAME
 LOG_NAME = "log.jsonl"
 RUN_FILE_NAMES = (BEST_NAME, CONFIG_NAME, LOG_NAME, RUN_NAME)   # besides step_*.ckpt
 _LOCK_NAME = ".dvt-run.lock"
