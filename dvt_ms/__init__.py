@@ -8,7 +8,7 @@ deployment, which needs neither the model code nor mindcv, can import ``dvt_ms.d
 import importlib
 
 __version__ = "0.2.0"
-__all__ = ["DVT", "DVTConfig", "PRESETS", "build_config", "create_model"]
+__all__ = ["DVT", "DVTConfig", "PRESETS", "build_config", "create_model", "list_presets"]
 
 
 def __getattr__(name):

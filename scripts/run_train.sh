@@ -78,7 +78,7 @@ fi
 master_addr="${master_addr:-127.0.0.1}"
 
 if [ "$worker_num" -eq 1 ]; then
-  exec python -m dvt_ms.train "$config" ${overrides[@]+"${overrides[@]}"}
+  DVT_PROG="$0" exec python -m dvt_ms.train "$config" ${overrides[@]+"${overrides[@]}"}
 fi
 
 msrun_args=(--worker_num="$worker_num" --local_worker_num="$num_devices" --master_addr="$master_addr"

@@ -207,8 +207,8 @@ def _export_and_engine(family_part, work_dir):
 
     from ..checkpoint import load_model_weights
     from ..deploy.engine import EarlyExitEngine
-    from ..deploy.preprocess import resize_for_crop
-    from ..export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
+    from ..contract.preprocessing import preprocess_record, preset_preprocessing
+    from ..export.writer import export_model
     from ..models import create_model
 
     preset = family_part.data.get("config", {}).get("model", "?")
@@ -222,10 +222,10 @@ def _export_and_engine(family_part, work_dir):
         size = model.config.img_size
         out_dir = work_dir / f"export_{preset}"
         started = time.perf_counter()
-        export_model(model, str(out_dir), preset, {"img_size": size, "crop_pct": 0.875,
-                                                    "resize": resize_for_crop(size, 0.875),
-                                                    "interpolation": "bicubic", "mean": IMAGENET_MEAN,
-                                                    "std": IMAGENET_STD}, overwrite=True)
+        defaults = preset_preprocessing(preset)
+        preprocess = preprocess_record(size, defaults["crop_pct"], defaults["interpolation"], defaults["mean"],
+                                       defaults["std"])
+        export_model(model, str(out_dir), preset, preprocess, overwrite=True)
         export_seconds = time.perf_counter() - started
         started = time.perf_counter()
         engine = EarlyExitEngine(str(out_dir), max_batch=4)
