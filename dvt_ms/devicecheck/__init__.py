@@ -117,10 +117,10 @@ def _write_images(root, img_size, per_class, seed):
 
 def model_overrides_for(preset, reduced):
     """The config keys of a training check: the preset itself, or its reduced-width version."""
-    from ..models.presets import PRESETS
+    from ..models import build_config
     if not reduced:
         return {}
-    extra = REDUCED_T2T if PRESETS[preset]["family"] == "t2t" else {}
+    extra = REDUCED_T2T if build_config(preset).family == "t2t" else {}
     return {**REDUCED_WIDTH, **extra}
 
 
@@ -259,6 +259,7 @@ def run_device_check(device_target="auto", quick=False, presets=None, steps=2, f
     import mindspore as ms
 
     from ..device import choose_device, use_device
+    from ..models import build_config
     from ..models.presets import PRESETS
 
     presets = list(presets or PRESETS)
@@ -295,7 +296,7 @@ def run_device_check(device_target="auto", quick=False, presets=None, steps=2, f
                     profiled = part
         done_families = set()
         for preset in presets:
-            family = PRESETS[preset]["family"]
+            family = build_config(preset).family
             if family not in done_families:
                 done_families.add(family)
                 parts.append(_export_and_engine(reduced[preset], work_dir))
