@@ -52,6 +52,9 @@ SCHEMA = (
            "the run's config.yaml", "data", nullable=True),
     Option("verify_images", "bool", True, "decode every image once (results cached in output_dir/image_check, "
            "shared by all ranks) and leave out unreadable ones, naming each", "data"),
+    Option("image_check_wait_minutes", "float", 120.0, "under data parallel, how long the other ranks wait for "
+           "rank 0's image check (in output_dir: it must be on a filesystem all nodes share) before giving up; "
+           "sized for ImageNet on a slow filesystem", "data", minimum=0.0),
     Option("holdout_per_class", "int", 0, "images per class kept out of training (drawn by seed, recorded in "
            "output_dir/holdout.json); calibration then uses exactly those", "data", minimum=0),
     Option("batch_size", "int", 64, "images per device per step", "data", minimum=1),

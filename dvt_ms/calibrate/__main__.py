@@ -120,7 +120,7 @@ def _run(args):
     cache = os.path.join(run_dir, "image_check") if os.path.isdir(run_dir) else None
     val_data = open_dataset(config, config.val_split, calib_data.class_names or class_names,
                             ImageCheck(cache, check=config.verify_images), reference=reference)
-    device = use_device(config.device_target)
+    device = use_device(config.device_target).device
     set_float32_precision(device, config.fast_float32)
     use_device_kernels(device)
     model = DVT(config.arch)

@@ -66,7 +66,7 @@ def _run(args):
                                                          args.accuracy, args.accept_thresholds_mismatch)
     paths, labels, folder_names = collect_images(args.inputs)
     labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
-    device = use_device(args.device_target)
+    device = use_device(args.device_target).device
     set_float32_precision(device, args.fast_float32)
     engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size, num_images=len(paths))
     begin = time.perf_counter()

@@ -79,7 +79,7 @@ class Classifier:
         manifest = load_manifest(model_dir)
         self.exit_thresholds, self.selected_row, self.thresholds_source = select_exit_thresholds(
             model_dir, manifest, thresholds, budget, accuracy, accept_thresholds_mismatch)
-        self.device = use_device(device_target)
+        self.device = use_device(device_target).device
         self.engine = EarlyExitEngine(model_dir, manifest, max_batch=batch_size)
         self.preprocess = Preprocessor(manifest["preprocess"])
         self.class_names = manifest.get("class_names")

@@ -57,7 +57,7 @@ def _run(args):
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
         check_thresholds(thresholds, config.model, config.arch.num_exits, args.thresholds)
-    set_float32_precision(use_device(config.device_target), config.fast_float32)
+    set_float32_precision(use_device(config.device_target).device, config.fast_float32)
     model = DVT(config.arch)
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
     defaults = preset_preprocessing(config.model)

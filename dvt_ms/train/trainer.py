@@ -56,7 +56,8 @@ def _image_check(config, runtime):
     token = None
     if runtime.distributed:  # one random number for this start, rank 0's, so no rank reads a stale result
         token = int(gather_from_ranks([random.SystemRandom().randrange(1, 1 << 24)])[0, 0])
-    return ImageCheck(os.path.join(config.output_dir, "image_check"), writer=runtime.is_main, token=token)
+    return ImageCheck(os.path.join(config.output_dir, "image_check"), writer=runtime.is_main, token=token,
+                      wait_seconds=60 * config.image_check_wait_minutes)
 
 
 class Trainer:
