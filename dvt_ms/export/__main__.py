@@ -57,7 +57,9 @@ def _run(args):
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
         check_thresholds(thresholds, config.model, config.arch.num_exits, args.thresholds)
-    set_float32_precision(use_device(config.device_target).device, config.fast_float32)
+    device = use_device(config.device_target).device
+    set_float32_precision(device, config.fast_float32)
+    graph_target = device if args.graph_target == "auto" else args.graph_target
     model = DVT(config.arch)
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
     defaults = preset_preprocessing(config.model)
@@ -65,13 +67,14 @@ def _run(args):
                                    defaults["mean"], defaults["std"])
     export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes, run_dir),
                  thresholds, args.overwrite, args.precision, args.accept_thresholds_mismatch,
-                 thresholds_source=args.thresholds)
-    print(f"exported {model.config.num_exits} exits to {args.out}")
+                 thresholds_source=args.thresholds, graph_target=graph_target)
+    print(f"exported {model.config.num_exits} exits for {graph_target} to {args.out}")
 
 
 def main(argv=None):
     from ..contract.digest import ACCEPT_MISMATCH_FLAG
     from ..contract.precision import DEFAULT_PRECISION, PRECISIONS
+    from .writer import GRAPH_TARGETS
 
     parser = cli.argument_parser("dvt_ms.export", __doc__)
     parser.add_argument("config", help="YAML config of the model (when --ckpt lies in a training run's folder, "
@@ -89,6 +92,10 @@ def main(argv=None):
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help="compute dtype of the graphs; float16/bfloat16 keep LayerNorm and the model's float32 "
                              "islands in float32 (convert them for Ascend with precision_mode=enforce_origin)")
+    parser.add_argument("--graph_target", choices=("auto", *GRAPH_TARGETS), default="auto",
+                        help="the device the graphs are for (auto: the one export runs on): the T2T soft split is "
+                             "Im2Col on CPU (fastest there), slices elsewhere (Im2Col is an AI CPU kernel on Ascend "
+                             "and may be missing from MindSpore Lite)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)   # key=value may follow the options
     cli.setup_logging(timestamps=False)

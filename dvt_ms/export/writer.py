@@ -21,7 +21,7 @@ from ..contract.thresholds import check_thresholds
 from ..fileio import OutputFolderKind, staged_directory
 from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
-from ..models.tokenizers import use_portable_soft_split
+from ..models.tokenizers import use_soft_split_for
 from .graphs import ExitGraph
 
 __all__ = ["EXPORT_FOLDER", "export_model"]
@@ -30,6 +30,9 @@ __all__ = ["EXPORT_FOLDER", "export_model"]
 EXPORT_FOLDER = OutputFolderKind("an exported model", MANIFEST_NAME, ("exit*.mindir", MANIFEST_NAME))
 
 LOGGER = logging.getLogger(__name__)
+
+GRAPH_TARGETS = ("Ascend", "GPU", "CPU")
+PORTABLE_TARGET = "Ascend"   # graphs without Im2Col: fast on Ascend and GPU, loadable by MindSpore Lite
 
 # MindSpore dtype of each low precision (float32 needs no conversion).
 _LOW_PRECISION_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
@@ -40,7 +43,8 @@ def _placeholder(shape):
 
 
 def export_model(model, out_dir, model_name, preprocess, class_names=None, thresholds=None, overwrite=False,
-                 precision="float32", accept_thresholds_mismatch=False, thresholds_source="the thresholds"):
+                 precision="float32", accept_thresholds_mismatch=False, thresholds_source="the thresholds",
+                 graph_target=PORTABLE_TARGET):
     """Write ``exit{k}.mindir`` for every exit and ``manifest.yaml`` into ``out_dir``.
 
     ``preprocess``: the contract's preprocessing record (``dvt_ms.contract.preprocessing.preprocess_record``).
@@ -49,8 +53,10 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     these weights (its digest is the model's).
     ``precision``: one of the contract's ``PRECISIONS``; other than float32 it converts ``model`` in place.
     ``model`` is switched to MindSpore's native ops in place (no compiled CPU kernels, which the
-    deployment machine would not have) and to the sliced T2T soft split (no Im2Col), so the Cells
-    and the exported graphs compute the same.
+    deployment machine would not have) and to the T2T soft split fastest on ``graph_target`` (the
+    device the graphs are meant for: Im2Col on CPU, slices elsewhere; the default, Ascend, gives
+    graphs that run with fast kernels on every backend), so the Cells and the exported graphs
+    compute the same (both forms give the same numbers).
     The directory appears complete or not at all: everything is written to a temporary sibling
     that is renamed into place at the end."""
     if precision not in PRECISIONS:
@@ -73,7 +79,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
         if precision in _LOW_PRECISION_DTYPES:
             ms.amp.auto_mixed_precision(model, "O2", _LOW_PRECISION_DTYPES[precision])   # converts the stages in place
         use_native_ops(model)
-        use_portable_soft_split(model)   # no Im2Col: AI CPU only on Ascend, maybe absent in Lite
+        use_soft_split_for(model, graph_target)   # no Im2Col but for CPU: AI CPU only on Ascend, maybe absent in Lite
         model.set_train(False)
         for k, info in enumerate(exits):
             inputs = [_placeholder(item["shape"]) for item in info["inputs"]]

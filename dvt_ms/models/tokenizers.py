@@ -9,7 +9,8 @@ from mindspore.common.initializer import Orthogonal, TruncatedNormal, initialize
 
 from .layers import Mlp, dense, layer_norm
 
-__all__ = ["sinusoid_table", "TokenPerformer", "soft_split", "im2col_is_fastest", "use_portable_soft_split",
+__all__ = ["sinusoid_table", "TokenPerformer", "soft_split", "im2col_is_fastest", "use_soft_split_for",
+           "use_portable_soft_split",
            "T2TTokenizer", "PatchTokenizer", "build_tokenizer"]
 
 # The T2T modules keep PyTorch's LayerNorm default, whatever the backbone uses.
@@ -151,19 +152,26 @@ def soft_split(x, split, grid, use_im2col):
     return _unfold_by_blocks(x, kernel, stride, padding, grid)
 
 
-def im2col_is_fastest():
+def im2col_is_fastest(device=None):
     """Im2Col is a native kernel on CPU and faster there than the sliced form (benchmarks/soft_split.py);
-    Ascend runs it on the AI CPU only, so Ascend and GPU take the sliced form."""
-    return ms.get_context("device_target") == "CPU"
+    Ascend runs it on the AI CPU only, so Ascend and GPU take the sliced form. ``device`` defaults to
+    the one MindSpore runs on."""
+    return (device or ms.get_context("device_target")) == "CPU"
+
+
+def use_soft_split_for(network, device):
+    """Switch every T2T tokenizer of ``network`` to the soft split that is fastest on ``device``, in
+    place. Export calls this for the device the graphs are meant for (``--graph_target``)."""
+    for _, cell in network.cells_and_names():
+        if isinstance(cell, T2TTokenizer):
+            cell.use_im2col = im2col_is_fastest(device)
+    return network
 
 
 def use_portable_soft_split(network):
-    """Switch every T2T tokenizer of ``network`` to the sliced soft split, in place. Export calls this:
-    an exported graph must run with fast kernels wherever it is deployed (no Im2Col)."""
-    for _, cell in network.cells_and_names():
-        if isinstance(cell, T2TTokenizer):
-            cell.use_im2col = False
-    return network
+    """Switch every T2T tokenizer of ``network`` to the sliced soft split, in place: a graph that runs
+    with fast kernels on Ascend and GPU and needs no Im2Col (which MindSpore Lite may lack)."""
+    return use_soft_split_for(network, "Ascend")
 
 
 class T2TTokenizer(nn.Cell):
