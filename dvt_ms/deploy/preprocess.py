@@ -3,8 +3,8 @@
 The steps are the validation pipeline's (mindcv's evaluation transforms), with the manifest's
 ``preprocess`` values (docs/deployment.md):
 
-1. decode with Pillow, any mode to 8-bit RGB (alpha dropped, 16-bit grey scaled by 1/256, EXIF
-   orientation not applied: the validation pipeline's decoder ignores it too);
+1. decode by the project's one rule (``dvt_ms.imagedecode``, shared with training and the image
+   check): Pillow, any mode to 8-bit RGB, 16-bit samples keep their high byte;
 2. resize the shorter side to ``resize`` (= ``resize_for_crop(img_size, crop_pct)``) with
    ``interpolation``, by MindSpore's own Resize kernel, the one the validation pipeline runs
    (Pillow's filters antialias and differ from it by up to 50 grey levels);
@@ -15,7 +15,8 @@ unreadable file; on 8-bit JPEG, PNG, BMP and TIFF images both decoders give the 
 (tests/test_deploy.py compares the whole chain with the validation pipeline).
 """
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from ..imagedecode import UnreadableImageError, decode_rgb
 
 __all__ = ["INTERPOLATIONS", "resize_for_crop", "UnreadableImageError", "decode_rgb", "Preprocessor"]
 
@@ -27,26 +28,6 @@ def resize_for_crop(img_size, crop_pct):
     """The shorter side images are resized to before the center crop of ``img_size``: the one
     rule relating ``crop_pct`` to the manifest's ``resize`` (224 and 0.875 give 256)."""
     return round(img_size / crop_pct)
-
-
-class UnreadableImageError(ValueError):
-    """An image file that cannot be decoded; the message says why (not a user error of the run:
-    inference skips and reports such files)."""
-
-
-def decode_rgb(path):
-    """The image at ``path`` as an (H, W, 3) uint8 array, or UnreadableImageError saying why not."""
-    try:
-        with Image.open(path) as image:
-            if image.mode.startswith("I;16"):     # 16-bit grey: keep the high byte, as MindSpore's decoder does
-                grey = (np.asarray(image, np.uint16) >> 8).astype(np.uint8)
-                return np.repeat(grey[:, :, None], 3, axis=2)
-            return np.asarray(image.convert("RGB"))
-    except UnidentifiedImageError:
-        raise UnreadableImageError("not an image file Pillow can identify") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        # OSError: missing, unreadable or truncated file; the others: corrupt headers, huge sizes.
-        raise UnreadableImageError(str(err).strip() or type(err).__name__) from None
 
 
 class Preprocessor:
