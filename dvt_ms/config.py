@@ -16,6 +16,7 @@ import yaml
 
 from .errors import ConfigError
 from .models.presets import FIELD_TYPES, OVERRIDABLE_KEYS, PRESETS, build_config
+from .shipped_configs import config_path
 
 __all__ = ["Option", "SCHEMA", "ALIASES", "TrainConfig", "load_config", "model_overrides", "schema_markdown",
            "suggest_key"]
@@ -331,7 +332,9 @@ def model_overrides(config):
 
 
 def load_config(path=None, overrides=None):
-    """Validated ``TrainConfig`` from YAML file ``path`` (optional) and ``overrides`` (dict)."""
+    """Validated ``TrainConfig`` from YAML file ``path`` (optional; a shipped config's name such as
+    ``configs/tiny_cpu.yaml`` works from any folder) and ``overrides`` (dict)."""
+    path = config_path(path)
     layers = []
     if path is not None:
         try:

@@ -326,3 +326,12 @@ def test_evaluation_weights_prefer_the_ema_copy(tmp_path):
     bigger = dvt_ms.create_model("dvt_deit_small", **{**overrides, "depth": 2})
     with pytest.raises(CheckpointError, match="lacks"):
         load_model_weights(bigger, str(tmp_path / "train.ckpt"))
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "0", "-0.5"])
+def test_a_budget_that_is_not_a_positive_number_is_refused_naming_it(budget, tmp_path, capsys):
+    from dvt_ms.deploy.__main__ import main as infer_main
+    code = infer_main(["--model", str(tmp_path / "no_model"), "--budget", budget, str(tmp_path)])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert f"--budget must be a positive number of GFLOPs per image, got {float(budget)}" in error

@@ -8,6 +8,7 @@ everything (the model code, mindcv and the training stack are never imported).
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -37,6 +38,8 @@ def _exit_thresholds(args, manifest):
 def _run(args):
     if args.batch_size < 1:
         raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise InferenceError(f"--budget must be a positive number of GFLOPs per image, got {args.budget}")
     check_output_file(args.out, args.summary)
     manifest = load_manifest(args.model)
     exit_thresholds = _exit_thresholds(args, manifest)
