@@ -1,6 +1,8 @@
 """Which device MindSpore runs on: the config's ``auto`` resolved, graph mode set."""
 import mindspore as ms
 
+from .errors import ConfigError
+
 __all__ = ["resolve_device", "use_device"]
 
 
@@ -15,8 +17,13 @@ def resolve_device(device_target):
 
 
 def use_device(device_target):
-    """Run in GRAPH_MODE on ``device_target`` (``auto`` resolved); returns the device's name."""
+    """Run in GRAPH_MODE on ``device_target`` (``auto`` resolved); returns the device's name. A device
+    MindSpore cannot use here is a ``ConfigError`` (MindSpore's own is a multi-line RuntimeError)."""
     device = resolve_device(device_target)
+    if device != "CPU" and not ms.hal.is_available(device):
+        raise ConfigError(f"device_target {device}: MindSpore cannot use a {device} on this machine (its {device} "
+                          "plugin did not load: no device, or its driver and toolkit are missing); use "
+                          "device_target CPU, or auto to pick what is there")
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(device)
     return device

@@ -45,9 +45,8 @@ def _run(args):
     exit_thresholds = _exit_thresholds(args, manifest)
     paths, labels, folder_names = collect_images(args.inputs)
     labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
-    import mindspore as ms
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(args.device_target)
+    from ..device import use_device   # MindSpore loads slowly: only once the inputs are checked
+    use_device(args.device_target)
     engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size)
     begin = time.perf_counter()
     engine.warm_up()
