@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dvt_ms"
-FOUNDATION = {"errors", "cli", "fileio", "imagefolder", "imagedecode", "plots", "device"}
+FOUNDATION = {"errors", "cli", "fileio", "imagefolder", "imagedecode", "shipped_configs", "plots", "device"}
 # part -> the parts (besides itself and the foundation) it may import
 ALLOWED = {
     "models": set(),

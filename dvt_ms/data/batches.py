@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["DataFolderGoneError", "SampleTracker", "checked_batches"]
+__all__ = ["DataFolderGoneError", "SampleTracker", "check_folder_there", "checked_batches"]
 
 _logger = logging.getLogger(__name__)
 
@@ -24,11 +24,12 @@ class DataFolderGoneError(DataError):
     """The split's folder vanished while a pipeline read it (an unmounted disk, a moved folder)."""
 
 
-def _check_folder_there(split, description):
+def check_folder_there(split):
     """Raise ``DataFolderGoneError`` if ``split``'s folder is gone: every later sample would fail too."""
-    root = split.root or (split.cifar[1] if split.cifar else None)
+    cifar = getattr(split, "cifar", None)
+    root = getattr(split, "root", None) or (cifar[1] if cifar else None)
     if root is not None and not os.path.isdir(root):
-        raise DataFolderGoneError(f"{description}: the data folder {root} is gone (it was there when the run started)")
+        raise DataFolderGoneError(f"the data folder {root} is gone (it was there when the split was opened)")
 
 
 class SampleTracker:
@@ -46,7 +47,7 @@ class SampleTracker:
 
     def _replaced(self, samples):
         if len(samples):
-            _check_folder_there(self.split, self.description)
+            check_folder_there(self.split)
         for sample in samples:
             _logger.warning("%s: image %s could not be read or decoded and was replaced by a copy of another "
                             "image", self.description, self.split.describe(sample))
@@ -95,6 +96,6 @@ def checked_batches(loader, tracker, skip_batches=0):
             if step >= skip_batches:
                 yield images, labels, fresh
     except RuntimeError:   # e.g. MindSpore's "All data is garbage" once every sample fails
-        _check_folder_there(tracker.split, tracker.description)
+        check_folder_there(tracker.split)
         raise
     tracker.finish()

@@ -106,7 +106,8 @@ class _PillowDecoded:
         try:
             rgb = decode_rgb(path)
         except UnreadableImageError as error:
-            _logger.warning("image %s cannot be read: %s", path, error)
+            if os.path.isdir(os.path.dirname(path)):   # a vanished folder is reported once, by the tracker
+                _logger.warning("image %s cannot be read: %s", path, error)
             raise
         encoded = io.BytesIO()
         Image.fromarray(rgb).save(encoded, format="BMP")
