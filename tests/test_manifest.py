@@ -172,3 +172,13 @@ def test_cli_reports_a_bad_manifest_in_one_line_and_writes_nothing(exported, tmp
         err = capfd.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
         assert not results.exists()
+
+
+def test_export_to_a_path_with_a_space_and_non_ascii_characters_loads(tmp_path):
+    """MindSpore's exporter refuses such names; the export writes through a safe name instead."""
+    out = tmp_path / "my models" / "modèle 模型"
+    preprocess = {"img_size": 32, "crop_pct": 0.875, "resize": resize_for_crop(32, 0.875),
+                  "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    export_model(dvt_ms.create_model(MODEL, **TINY), out, MODEL, preprocess, class_names=["a", "b", "c"])
+    assert sorted(p.name for p in out.iterdir()) == ["exit1.mindir", "exit2.mindir", MANIFEST_NAME]
+    assert EarlyExitEngine(str(out), max_batch=1).num_exits == 2

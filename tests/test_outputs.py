@@ -244,3 +244,19 @@ def test_env_sh_never_installs_into_an_environment_it_did_not_create(tmp_path, h
     else:
         assert result.stdout.strip() == "returned 1", result.stdout + result.stderr
         assert "lacks: mindspore mindcv" in result.stderr and "Nothing was installed" in result.stderr
+
+
+def test_writers_with_strict_file_name_rules_get_a_safe_name_for_any_path(tmp_path):
+    target = tmp_path / "a folder" / "naïve 名前.mindir"
+    target.parent.mkdir()
+    with fileio.through_safe_name(str(target)) as name:
+        assert name != str(target) and name.isascii() and " " not in name and name.endswith(".mindir")
+        pathlib.Path(name).write_text("graph")
+    assert target.read_text() == "graph" and not os.path.exists(name)
+    with pytest.raises(RuntimeError), fileio.through_safe_name(str(tmp_path / "a folder" / "ä.mindir")) as name:
+        pathlib.Path(name).write_text("half")
+        raise RuntimeError("the writer failed")
+    assert not (tmp_path / "a folder" / "ä.mindir").exists() and not os.path.exists(name)
+    plain = str(tmp_path / "plain.mindir")
+    with fileio.through_safe_name(plain) as name:
+        assert name == plain

@@ -11,7 +11,7 @@ import mindspore as ms
 import yaml
 
 from ..deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest
-from ..fileio import staged_directory
+from ..fileio import staged_directory, through_safe_name
 from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
 from .graphs import ExitGraph, exit_signature
@@ -64,8 +64,9 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
         model.set_train(False)
         for k, info in enumerate(exits):
             inputs = [_placeholder(item["shape"]) for item in info["inputs"]]
-            ms.export(ExitGraph(model, k), *inputs, file_name=os.path.join(staging, info["file"]),
-                      file_format="MINDIR")
+            # MindSpore refuses paths with spaces or non-ASCII characters: write through a safe name.
+            with through_safe_name(os.path.join(staging, info["file"])) as file_name:
+                ms.export(ExitGraph(model, k), *inputs, file_name=file_name, file_format="MINDIR")
             LOGGER.info("exported exit %d/%d", k + 1, config.num_exits)
         with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:
             yaml.safe_dump(manifest, handle, sort_keys=False)
