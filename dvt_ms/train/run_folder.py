@@ -36,10 +36,10 @@ from typing import Optional
 import yaml
 
 from ..checkpoint.store import UnreadableCheckpointError, read_checkpoint
-from ..config import OPTIONS, load_config
-from ..shipped_configs import config_path
+from ..config import OPTIONS, SCHEMA, load_config
 from ..errors import ConfigError, OutputPathError
 from ..fileio import atomic_write_text, check_output_dir, remove_stale_temporaries
+from ..shipped_configs import config_path
 from .checkpoints import BEST_NAME, CheckpointManager, step_of
 
 __all__ = ["RUN_FILE_NAMES", "RunFolder", "inspect_run_folder", "resume_changes", "start_config"]
@@ -150,8 +150,9 @@ class RunFolder:
     def withdraw(self, extra_names=()):
         """After a start that trained no step: remove the records this start created (run.json,
         config.yaml, log.jsonl and ``extra_names``), so the folder does not hold a run nobody
-        trained. A folder that held a run before this start is left as it is."""
-        if not self._created:
+        trained. A folder that held a run before this start, or holds a checkpoint, is left as it is."""
+        contents, _ = _run_contents(self.path)
+        if not self._created or any(name.endswith(".ckpt") for name in contents):
             return
         for name in (RUN_NAME, CONFIG_NAME, LOG_NAME, *extra_names):
             path = os.path.join(self.path, name)
@@ -223,17 +224,16 @@ def _unreadable_because(path):
     return None
 
 
-# What a resume may change (docs/training.md): keys that decide which samples each step sees or
-# what the checkpoint holds are refused; the recipe's hyper-parameters may change and every change
-# is recorded (run.json, log.jsonl); where and how the run executes and reports is free.
-_FIXED_ON_RESUME = ("model", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "layernorm_eps",
-                    "num_classes", "img_size", "patch_grids", "token_dim", "feature_reuse", "relation_reuse",
-                    "dataset", "train_split", "class_names", "holdout_per_class", "batch_size", "seed", "opt",
-                    "ema")
-_RECORDED_ON_RESUME = ("drop_rate", "drop_path_rate", "interpolation", "scale", "ratio", "hflip", "auto_augment",
-                       "re_prob", "mixup", "cutmix", "cutmix_prob", "label_smoothing", "crop_pct", "lr",
-                       "weight_decay", "weight_decay_filter", "clip_grad_norm", "ema_decay", "scheduler", "epochs",
-                       "warmup_epochs", "warmup_lr", "min_lr", "cooldown_epochs")
+# What a resume may change (docs/training.md), by the config schema's sections: keys that decide
+# which samples each step sees or what the checkpoints hold are refused; the recipe (augmentation,
+# optimisation, schedule, drop rates) may change and every change is recorded (run.json, log.jsonl);
+# where and how the run executes and reports is free.
+_FIXED_ON_RESUME = tuple(option.name for option in SCHEMA if option.section == "model"
+                         and option.name not in ("pretrained", "drop_rate", "drop_path_rate")) + (
+    "dataset", "train_split", "class_names", "holdout_per_class", "batch_size", "seed", "opt", "ema")
+_RECORDED_ON_RESUME = ("drop_rate", "drop_path_rate") + tuple(
+    option.name for option in SCHEMA if option.section in ("augmentation", "optimisation", "schedule")
+    and option.name not in _FIXED_ON_RESUME)
 
 
 def _comparable(value):
@@ -304,17 +304,16 @@ def inspect_run_folder(path, resume, overwrite):
     if resume is not None:
         inside = os.path.dirname(os.path.abspath(resume)) == os.path.abspath(path)
         if inside:
-            later = [p for p in checkpoints if step_of(p) > step_of(resume)]
-            readable = [p for p in later if _unreadable_because(p) is None]
+            problems = {p: _unreadable_because(p) for p in checkpoints if step_of(p) > step_of(resume)}
+            readable = [p for p, problem in problems.items() if problem is None]
             if readable:
                 raise OutputPathError(
                     f"resume={resume}: {path} has later checkpoints ({os.path.basename(readable[-1])}) that "
                     f"continuing from {os.path.basename(resume)} here would overwrite; continue the newest with "
                     "resume=auto, or continue this one into another output_dir")
-            for damaged in later:
-                _logger.warning("resume: passing over the later checkpoint %s: %s", damaged,
-                                _unreadable_because(damaged))
-            return RunFolder(resume_path=resume, move_aside=False, unreadable=tuple(later), **folder)
+            for damaged, problem in problems.items():
+                _logger.warning("resume: passing over the later checkpoint %s: %s", damaged, problem)
+            return RunFolder(resume_path=resume, move_aside=False, unreadable=tuple(problems), **folder)
     if contents and not overwrite:
         raise OutputPathError(f"output_dir {path} holds another run ({_describe(contents)}); a new run would "
                               f"overwrite or mix with it: {_choices(path)}")

@@ -193,8 +193,8 @@ class Trainer:
         if not causes:
             return ("the number of training images, batch_size or the number of devices changed "
                     f"({now['train_images']} images, batch_size {now['batch_size']}, {now['world_size']} device(s) now)")
-        return "; ".join(causes) + ". Restore it to resume, or start a new run from this checkpoint's weights with " \
-            "pretrained=<checkpoint> in another output_dir"
+        return "; ".join(causes) + ". Restore what changed to resume, or start a new run from this checkpoint's " \
+            "weights with pretrained=<checkpoint> in another output_dir"
 
     def _agree(self, flag):
         """True on every rank if ``flag`` is true on any (a collective under data parallel)."""
@@ -284,7 +284,7 @@ class Trainer:
         """The data folder vanished mid-run: the steps trained so far are saved; one error says how to go on."""
         if self.state.global_step not in (self._saved_step, self._start_step) and not self.runtime.distributed:
             self._save()   # (under data parallel the ranks may meet the loss at different steps: no collective)
-        latest = self.checkpoints.latest() if self.runtime.is_main else "rank 0's checkpoint of this step"
+        latest = (self.checkpoints.latest() or "no checkpoint yet") if self.runtime.is_main else "rank 0's checkpoints"
         return DataError(f"{error}. Training stopped at global step {self.state.global_step} (saved {latest}); "
                          f"once the data is back, continue with resume=auto (output_dir {self.config.output_dir})")
 
