@@ -7,7 +7,9 @@ tell ours from anything else: ``remove_stale_temporaries`` deletes those whose p
 Files and folders get the modes the user's umask gives (0644 / 0755 typically), not the private
 0600 / 0700 of ``tempfile`` or the 0400 MindSpore gives checkpoints and MindIR files.
 """
+import dataclasses
 import errno
+import fnmatch
 import logging
 import os
 import re
@@ -19,7 +21,8 @@ from contextlib import contextmanager
 
 from .errors import DiskFullError, OutputPathError
 
-__all__ = ["atomic_write", "atomic_write_text", "through_safe_name", "staged_directory", "check_output_file", "check_output_dir",
+__all__ = ["OutputFolderKind", "OutputFileKind", "atomic_write", "atomic_write_text", "through_safe_name",
+           "staged_directory", "check_distinct_outputs", "check_output_file", "check_output_dir",
            "prepare_staged_directory", "remove_stale_temporaries", "apply_umask_modes", "format_bytes"]
 
 _logger = logging.getLogger(__name__)
@@ -169,10 +172,71 @@ def _check_can_create_dir(directory, target):
         raise OutputPathError(f"cannot write {target}: no permission to write in {existing}")
 
 
-def check_output_file(*paths):
+@dataclasses.dataclass(frozen=True)
+class OutputFileKind:
+    """A kind of output file a command writes: it replaces an existing file only when ``recognise``
+    says that file is such an output (one it wrote before), never anything else (docs/outputs.md)."""
+
+    what: str          # e.g. "inference results", for messages
+    recognise: object  # callable(path) -> bool, reading at most the start of the file
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFolderKind:
+    """A kind of output folder a command writes whole (``staged_directory``): it replaces an existing
+    folder only when the folder holds ``marker`` and nothing but names matching ``patterns``, i.e. is
+    an output of that command (docs/outputs.md)."""
+
+    what: str          # e.g. "an exported model", for messages
+    marker: str        # the file every such folder holds
+    patterns: tuple    # fnmatch patterns of every name the command writes there
+
+    def foreign_names(self, folder):
+        """Names in ``folder`` that such an output does not hold (sorted); our own temporaries aside."""
+        return sorted(name for name in os.listdir(folder)
+                      if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.patterns)
+                      and not (_OURS.match(name) or _OURS_REPLACED.match(name)))
+
+    def check_replaceable(self, folder, text, overwrite):
+        """``OutputPathError`` unless the existing non-empty ``folder`` may be replaced: with
+        ``overwrite``, and only when it is recognisably such an output."""
+        foreign = self.foreign_names(folder)
+        if foreign or not os.path.isfile(os.path.join(folder, self.marker)):
+            example = f"it holds {_some(foreign)}" if foreign else f"it has no {self.marker}"
+            raise OutputPathError(f"{text} is not {self.what} ({example}); nothing there is replaced: give an "
+                                  "--out that is new, empty or an earlier output of this command")
+        if not overwrite:
+            raise OutputPathError(f"{text} holds {self.what} (pass --overwrite to replace it)")
+
+
+def _some(names, shown=3):
+    listed = ", ".join(names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _holds_working_directory(full):
+    cwd = os.path.realpath(os.getcwd())
+    target = os.path.realpath(full)
+    return cwd == target or cwd.startswith(target.rstrip(os.sep) + os.sep)
+
+
+def check_distinct_outputs(**named_paths):
+    """``OutputPathError`` when two outputs (option name -> path, None skipped) are the same file."""
+    seen = {}
+    for option, path in named_paths.items():
+        if path is None:
+            continue
+        real = os.path.realpath(os.path.abspath(str(path)))
+        if real in seen:
+            raise OutputPathError(f"--{seen[real]} and --{option} are the same file {path}; give each its own file")
+        seen[real] = option
+
+
+def check_output_file(*paths, kind=None):
     """Raise ``OutputPathError`` naming the path and the reason unless every given path (None
     skipped) can be written as a file: not a folder, its folder creatable and writable (files
-    are written beside their destination, then renamed over it)."""
+    are written beside their destination, then renamed over it), and with ``kind`` (an
+    ``OutputFileKind``) an existing file only when it is recognisably such an output."""
     for path in paths:
         if path is None:
             continue
@@ -180,22 +244,29 @@ def check_output_file(*paths):
         full = os.path.abspath(text)
         if text.endswith(os.sep) or os.path.isdir(full):
             raise OutputPathError(f"output file {text} is a folder; give a file name")
+        if kind is not None and os.path.lexists(full) and not kind.recognise(full):
+            raise OutputPathError(f"{text} exists and is not {kind.what} written by this command; it is left "
+                                  "untouched: give a new file name")
         _check_can_create_dir(os.path.dirname(full), text)   # a file is replaced by renaming: the folder counts
 
 
-def check_output_dir(path, staged=False, overwrite=False):
+def check_output_dir(path, kind=None, overwrite=False):
     """Raise ``OutputPathError`` naming the path and the reason unless ``path`` can take our output.
 
-    ``staged``: the folder is written whole by ``staged_directory`` (beside it, then renamed into
-    place), so its parent must be writable and an existing non-empty folder needs ``overwrite``.
-    Otherwise the folder is written in place and must be (or become) a writable folder."""
+    ``kind`` (an ``OutputFolderKind``): the folder is written whole by ``staged_directory`` (beside
+    it, then renamed into place), so its parent must be writable, and an existing non-empty folder
+    is replaced only with ``overwrite`` and only when it is recognisably such an output; never the
+    working directory or a folder holding it. Without ``kind`` the folder is written in place and
+    must be (or become) a writable folder."""
     text = str(path)
     full = os.path.abspath(text)
     if os.path.lexists(full) and not os.path.isdir(full):
         raise OutputPathError(f"output folder {text} is a file, not a folder")
-    if staged:
-        if os.path.isdir(full) and os.listdir(full) and not overwrite:
-            raise OutputPathError(f"{text} exists and is not empty (pass --overwrite to replace it)")
+    if kind is not None:
+        if os.path.isdir(full) and os.listdir(full):
+            if _holds_working_directory(full):
+                raise OutputPathError(f"{text} is the current folder or holds it; give a new folder for the output")
+            kind.check_replaceable(full, text, overwrite)
         _check_can_create_dir(os.path.dirname(full), text)
     else:
         _check_can_create_dir(full, text)
@@ -276,21 +347,23 @@ def apply_umask_modes(root):
             os.chmod(os.path.join(folder, name), file_mode)
 
 
-def prepare_staged_directory(out_dir, overwrite=False):
+def prepare_staged_directory(out_dir, kind, overwrite=False):
     """Before the work whose result ``staged_directory`` will write to ``out_dir``: check the path
     (``OutputPathError``) and remove what killed writers of ours left beside it."""
-    check_output_dir(out_dir, staged=True, overwrite=overwrite)
+    check_output_dir(out_dir, kind, overwrite)
     remove_stale_temporaries(os.path.dirname(os.path.abspath(out_dir)))
 
 
 @contextmanager
-def staged_directory(out_dir, overwrite=False):
+def staged_directory(out_dir, kind, overwrite=False):
     """Yield a temporary sibling of ``out_dir`` to fill; on success it replaces ``out_dir``.
 
-    An existing non-empty ``out_dir`` is an error unless ``overwrite``. A full disk raises
-    ``DiskFullError``; the temporary folder is removed and ``out_dir`` left as it was."""
+    An existing non-empty ``out_dir`` is replaced only with ``overwrite`` and only when it is an
+    output of ``kind`` (``check_output_dir``); the previous output is removed only after the new one
+    is in place. A full disk raises ``DiskFullError``; the temporary folder is removed and
+    ``out_dir`` left as it was."""
     out_dir = os.path.abspath(out_dir)
-    check_output_dir(out_dir, staged=True, overwrite=overwrite)
+    check_output_dir(out_dir, kind, overwrite)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=_prefix(_TEMP_DIR), dir=parent)

@@ -16,9 +16,11 @@ ALLOWED = {
     "convert": {"models"},
     "data": set(),
     "checkpoint": set(),
-    "train": {"models", "config", "data", "checkpoint"},
-    "calibrate": {"models", "config", "data", "checkpoint"},
-    "export": {"models", "config", "checkpoint", "deploy"},
+    # what a training run recorded (its config.yaml), read by the commands that use its checkpoints
+    "runrecord": {"config", "models"},
+    "train": {"models", "config", "data", "checkpoint", "runrecord"},
+    "calibrate": {"models", "config", "data", "checkpoint", "runrecord"},
+    "export": {"models", "config", "checkpoint", "deploy", "runrecord"},
     # the exit rule (numpy only) is shared with calibration; nothing else of training, data or mindcv
     "deploy": {"calibrate.search"},
     "demo": set(),

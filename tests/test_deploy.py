@@ -335,3 +335,34 @@ def test_a_budget_that_is_not_a_positive_number_is_refused_naming_it(budget, tmp
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1
     assert f"--budget must be a positive number of GFLOPs per image, got {float(budget)}" in error
+
+
+@pytest.mark.parametrize("exported", ["deit"], indirect=True)
+def test_ctrl_c_during_inference_keeps_every_answer_so_far_and_exits_130(exported, image_folder, tmp_path,
+                                                                        monkeypatch, capsys):
+    from dvt_ms.deploy import infer
+    from dvt_ms.deploy.__main__ import main
+    family, _, out = exported
+    assert main(["--model", str(out), str(image_folder), "--batch_size", "2", "--no_compare",
+                 "--out", str(tmp_path / "all.json")]) == 0
+    complete = {r["path"]: r for r in json.loads((tmp_path / "all.json").read_text())}
+    calls = []
+
+    class InterruptedAtImage9(infer.Preprocessor):
+        def __call__(self, path):
+            calls.append(path)
+            if len(calls) == 9:
+                raise KeyboardInterrupt   # what Ctrl-C raises between two images
+            return super().__call__(path)
+
+    monkeypatch.setattr(infer, "Preprocessor", InterruptedAtImage9)
+    results, summary = tmp_path / "partial.json", tmp_path / "summary.json"
+    results.write_text(json.dumps([complete[next(iter(complete))]]))   # an earlier run's results: replaced
+    capsys.readouterr()
+    assert main(["--model", str(out), str(image_folder), "--batch_size", "2", "--no_compare",
+                 "--out", str(results), "--summary", str(summary)]) == 130
+    partial = json.loads(results.read_text())
+    stopped = json.loads(summary.read_text())["interrupted"]
+    assert 0 < len(partial) <= 8 and stopped == {"classified": len(partial), "of": NUM_IMAGES, "exit_code": 130}
+    assert all(record == complete[record["path"]] for record in partial)
+    assert f"interrupted: {len(partial)} of {NUM_IMAGES} images classified" in capsys.readouterr().err

@@ -13,8 +13,11 @@ from mindspore import nn
 from dvt_ms import fileio
 from dvt_ms.checkpoint import store
 from dvt_ms.errors import DiskFullError, OutputPathError
-from dvt_ms.fileio import (atomic_write_text, check_output_dir, check_output_file, remove_stale_temporaries,
-                           staged_directory)
+from dvt_ms.calibrate.report import REPORT_FOLDER
+from dvt_ms.deploy.infer import RESULTS_FILE, SUMMARY_FILE, write_results
+from dvt_ms.export.writer import EXPORT_FOLDER
+from dvt_ms.fileio import (atomic_write_text, check_distinct_outputs, check_output_dir, check_output_file,
+                           remove_stale_temporaries, staged_directory)
 from dvt_ms.train.checkpoints import CheckpointManager, TrainingState
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -41,9 +44,9 @@ def test_files_and_folders_we_write_take_the_umask_modes(tmp_path, umask, mask):
     checkpoint = tmp_path / "weights.ckpt"
     store.atomic_save_checkpoint(nn.Dense(2, 2), str(checkpoint))   # MindSpore itself writes 0400
     assert mode(checkpoint) == 0o666 & ~mask
-    with staged_directory(tmp_path / "export") as staging:
+    with staged_directory(tmp_path / "export", EXPORT_FOLDER) as staging:
         (pathlib.Path(staging) / "graphs").mkdir()
-        for name in ("exit1.mindir", "graphs/exit1.data"):   # as MindSpore's exporter leaves them
+        for name in ("exit1.mindir", "graphs/exit1.data", "manifest.yaml"):   # as MindSpore's exporter leaves them
             (pathlib.Path(staging) / name).write_bytes(b"x")
             os.chmod(pathlib.Path(staging) / name, 0o400)
         os.chmod(pathlib.Path(staging) / "graphs", 0o700)
@@ -88,10 +91,11 @@ def test_output_folder_checks(tmp_path):
     with pytest.raises(OutputPathError, match="is a file, not a folder"):
         check_output_dir(tmp_path / "a_file")
     with pytest.raises(OutputPathError, match="a_file is a file, not a folder"):
-        check_output_dir(tmp_path / "a_file" / "run", staged=True)
-    with pytest.raises(OutputPathError, match="exists and is not empty \\(pass --overwrite"):
-        check_output_dir(tmp_path / "report", staged=True)
-    check_output_dir(tmp_path / "report", staged=True, overwrite=True)
+        check_output_dir(tmp_path / "a_file" / "run", REPORT_FOLDER)
+    (tmp_path / "report" / "thresholds.yaml").write_text("{}")
+    with pytest.raises(OutputPathError, match="holds a calibration report \\(pass --overwrite"):
+        check_output_dir(tmp_path / "report", REPORT_FOLDER)
+    check_output_dir(tmp_path / "report", REPORT_FOLDER, overwrite=True)
     check_output_dir(tmp_path / "report")   # written in place (a run folder): fine
 
 
@@ -260,3 +264,164 @@ def test_writers_with_strict_file_name_rules_get_a_safe_name_for_any_path(tmp_pa
     plain = str(tmp_path / "plain.mindir")
     with fileio.through_safe_name(plain) as name:
         assert name == plain
+
+
+# A command replaces only what it recognises as its own output (docs/outputs.md).
+
+def _earlier_output(folder, kind):
+    folder.mkdir(parents=True)
+    (folder / kind.marker).write_text("written by an earlier run\n")
+    return folder
+
+
+@pytest.mark.parametrize("kind", [EXPORT_FOLDER, REPORT_FOLDER], ids=["export", "report"])
+def test_overwrite_refuses_a_folder_holding_anything_the_command_did_not_write(tmp_path, kind):
+    folder = _earlier_output(tmp_path / "out", kind)
+    (folder / "paper_draft.tex").write_text("months of work")
+    with pytest.raises(OutputPathError) as raised:
+        check_output_dir(folder, kind, overwrite=True)
+    assert str(folder) in str(raised.value) and "paper_draft.tex" in str(raised.value)
+    assert f"is not {kind.what}" in str(raised.value)
+    with pytest.raises(OutputPathError):
+        with staged_directory(folder, kind, overwrite=True):
+            pytest.fail("the replacement must be refused before it is written")
+    assert (folder / "paper_draft.tex").read_text() == "months of work"
+
+
+@pytest.mark.parametrize("kind", [EXPORT_FOLDER, REPORT_FOLDER], ids=["export", "report"])
+def test_overwrite_refuses_a_folder_without_the_commands_marker_file(tmp_path, kind):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(OutputPathError, match=f"is not {kind.what}"):
+        check_output_dir(folder, kind, overwrite=True)
+
+
+def test_overwrite_replaces_an_earlier_output_of_the_same_command_whole(tmp_path):
+    folder = _earlier_output(tmp_path / "export", EXPORT_FOLDER)
+    (folder / "exit7.mindir").write_bytes(b"old")
+    with staged_directory(folder, EXPORT_FOLDER, overwrite=True) as staging:
+        (pathlib.Path(staging) / "manifest.yaml").write_text("new\n")
+        assert (folder / "exit7.mindir").exists()   # nothing is removed before the new output is complete
+    assert sorted(os.listdir(folder)) == ["manifest.yaml"]
+    assert (folder / "manifest.yaml").read_text() == "new\n"
+
+
+def test_overwrite_never_replaces_the_working_directory(tmp_path, monkeypatch):
+    folder = _earlier_output(tmp_path / "export", EXPORT_FOLDER)
+    (folder / "sub").mkdir()
+    for cwd in (folder, folder / "sub"):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(OutputPathError, match="is the current folder or holds it"):
+            check_output_dir(folder, EXPORT_FOLDER, overwrite=True)
+
+
+@pytest.mark.parametrize("command", ["export", "eval"])
+def test_out_dot_overwrite_from_a_project_folder_deletes_nothing(tmp_path, monkeypatch, capsys, command):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.md").write_text("notes")
+    (project / "data").mkdir()
+    (project / "data" / "img.png").write_bytes(b"png")
+    monkeypatch.chdir(project)
+    config = str(REPO / "configs" / "tiny_cpu.yaml")
+    if command == "export":
+        from dvt_ms.export.__main__ import main
+        code = main([config, "--ckpt", "missing.ckpt", "--out", ".", "--overwrite"])
+    else:
+        from dvt_ms.calibrate.__main__ import main
+        code = main([config, "--ckpt", "missing.ckpt", "--data", str(project / "data"), "--out", ".",
+                     "--overwrite"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "error:" in error and "current folder" in error
+    assert sorted(os.listdir(project)) == ["data", "notes.md"]
+    assert (project / "notes.md").read_text() == "notes"
+
+
+def test_results_and_summary_replace_only_files_the_command_wrote(tmp_path):
+    results, summary = tmp_path / "results.csv", tmp_path / "summary.json"
+    write_results(str(results), [{"path": "a.png", "class_index": 1, "class": "cat", "confidence": 0.9, "exit": 1}])
+    summary.write_text('{\n "images": 1,\n "skipped": [],\n "exit_shares": [1.0]\n}')
+    check_output_file(results, kind=RESULTS_FILE)
+    check_output_file(summary, kind=SUMMARY_FILE)
+    write_results(str(tmp_path / "results.json"), [{"path": "a.png", "class_index": 1, "class": "cat",
+                                                    "confidence": 0.9, "exit": 1}])
+    check_output_file(tmp_path / "results.json", kind=RESULTS_FILE)
+    image = tmp_path / "img_1.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "manifest.yaml").write_text("format: 1\n")
+    for path, kind in ((image, RESULTS_FILE), (tmp_path / "manifest.yaml", RESULTS_FILE), (results, SUMMARY_FILE),
+                       (image, SUMMARY_FILE)):
+        with pytest.raises(OutputPathError) as raised:
+            check_output_file(path, kind=kind)
+        assert str(path) in str(raised.value) and f"not {kind.what}" in str(raised.value)
+    assert image.read_bytes() == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_outputs_on_one_file_are_refused(tmp_path):
+    with pytest.raises(OutputPathError, match="--out and --summary are the same file"):
+        check_distinct_outputs(out=tmp_path / "r.json", summary=str(tmp_path / "." / "r.json"))
+    check_distinct_outputs(out=tmp_path / "r.json", summary=None)
+
+
+def test_infer_refuses_to_write_over_an_input_image_or_the_model(tmp_path, capsys):
+    from dvt_ms.deploy.__main__ import main
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("img_0.png", "img_1.png"):
+        (images / name).write_bytes(b"\x89PNG\r\n\x1a\n" + name.encode())
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "manifest.yaml").write_text("format: 1\n")
+    cases = [["--out", str(images / "img_1.png"), str(images / "img_0.png")],
+             ["--out", str(model / "manifest.yaml"), str(images)],
+             ["--out", str(tmp_path / "r.json"), "--summary", str(tmp_path / "r.json"), str(images)]]
+    for args in cases:
+        assert main(["--model", str(model), *args]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert (images / "img_1.png").read_bytes() == b"\x89PNG\r\n\x1a\nimg_1.png"
+    assert (model / "manifest.yaml").read_text() == "format: 1\n"
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_sigterm_ends_a_command_with_143_and_ctrl_c_with_130(capsys):
+    import signal
+    from dvt_ms import cli
+
+    def terminated():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert cli.run(terminated) == 143
+    assert cli.run(interrupted) == 130
+    assert capsys.readouterr().err.count("interrupted") == 2
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # the handler does not outlive the command
+
+
+def test_ctrl_c_during_export_stops_it_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """MindSpore may swallow a KeyboardInterrupt raised inside its graph compilation; the export
+    command defers Ctrl-C to the next exit boundary instead, so it always stops, writing nothing."""
+    import signal
+    import mindspore as ms
+    from dvt_ms import cli
+    from dvt_ms.deploy.preprocess import resize_for_crop
+    from dvt_ms.export import writer
+    from dvt_ms.models import create_model
+    model = create_model("dvt_deit_small", embed_dim=32, depth=1, num_heads=2, num_classes=4)
+    preprocess = {"img_size": 224, "crop_pct": 0.875, "resize": resize_for_crop(224, 0.875),
+                  "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+    exported = []
+
+    def export_during_which_ctrl_c_arrives(net, *inputs, file_name, file_format):
+        os.kill(os.getpid(), signal.SIGINT)
+        exported.append(file_name)
+
+    monkeypatch.setattr(ms, "export", export_during_which_ctrl_c_arrives)
+    out = tmp_path / "export"
+    assert cli.run(lambda: writer.export_model(model, out, "dvt_deit_small", preprocess),
+                   defer_interrupts=True) == 130
+    assert len(exported) == 1 and not out.exists() and os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

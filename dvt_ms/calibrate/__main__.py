@@ -7,7 +7,7 @@ Runs every exit on the calibration images and on the validation split, applies t
 budgeted-batch threshold search and writes the report (see ``dvt_ms.calibrate.report``).
 
 Calibration images (--calib_split): "holdout" = the images the training run kept out of training
-(<output_dir>/holdout.json, written when it trained with holdout_per_class > 0; the default when it
+(holdout.json in the run's folder, written when it trained with holdout_per_class > 0; the default when it
 exists); otherwise the default is the training split, i.e. images the model was trained on (as the
 authors calibrate); any other name is that split of the dataset. --calib_size draws that many of
 them by the config's seed (default: 5000 of the training split, all of any other source).
@@ -39,17 +39,17 @@ def _run_class_names(config):
     return None, "the training split"
 
 
-def _calibration_split(config, args, class_names, reference):
+def _calibration_split(config, args, class_names, reference, run_dir):
     """``(split, description)`` of the calibration images, chosen, checked and honestly described."""
     from ..data import ImageCheck, open_dataset, read_holdout
     from ..errors import ConfigError
 
-    record = read_holdout(config.output_dir) if config.dataset == "imagenet" else None
+    record = read_holdout(run_dir) if config.dataset == "imagenet" else None
     name = args.calib_split or (HOLDOUT if record is not None else config.train_split)
     listing_only = ImageCheck(check=False)
     if name == HOLDOUT:
         if record is None:
-            raise ConfigError(f"--calib_split holdout: {os.path.join(config.output_dir, 'holdout.json')} does not "
+            raise ConfigError(f"--calib_split holdout: {os.path.join(run_dir, 'holdout.json')} does not "
                               "exist; train with holdout_per_class > 0 (output_dir is the run's folder) or pass "
                               "another --calib_split")
         split = open_dataset(config, record["split"], record.get("class_names") or class_names, listing_only,
@@ -95,27 +95,29 @@ def _scores(model, config, split, img_size, description):
 
 def _run(args):
     from ..checkpoint import load_model_weights
-    from ..config import load_config, model_overrides
+    from ..config import model_overrides
     from ..data import ImageCheck, open_dataset
     from ..device import use_device
     from ..errors import ConfigError, DataError
     from ..fileio import prepare_staged_directory
     from ..models import create_model
     from ..models.flops import model_flops
+    from ..runrecord import config_for_checkpoint
     from . import search
-    from .report import calibrate, write_report
+    from .report import REPORT_FOLDER, calibrate, write_report
 
     overrides = cli.parse_overrides(args.overrides)
     if args.data:
         overrides["data_dir"] = args.data
-    config = load_config(args.config, overrides)
+    config, run_dir = config_for_checkpoint(args.config, args.ckpt, overrides)
+    run_dir = run_dir or config.output_dir   # the checkpoint's run, else the config's
     if not config.data_dir:
         raise ConfigError("no dataset: pass --data DIR or set data_dir")
-    out_dir = args.out or os.path.join(config.output_dir, "eval")
-    prepare_staged_directory(out_dir, args.overwrite)   # before hours of evaluation, not after
+    out_dir = args.out or os.path.join(run_dir, "eval")
+    prepare_staged_directory(out_dir, REPORT_FOLDER, args.overwrite)   # before hours of evaluation, not after
     class_names, reference = _run_class_names(config)
-    calib_data, source = _calibration_split(config, args, class_names, reference)
-    cache = os.path.join(config.output_dir, "image_check") if os.path.isdir(config.output_dir) else None
+    calib_data, source = _calibration_split(config, args, class_names, reference, run_dir)
+    cache = os.path.join(run_dir, "image_check") if os.path.isdir(run_dir) else None
     val_data = open_dataset(config, config.val_split, calib_data.class_names or class_names,
                             ImageCheck(cache, check=config.verify_images), reference=reference)
     use_device(config.device_target)
@@ -147,11 +149,12 @@ def _run(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="run_eval.sh", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("config", help="YAML config (model and data keys are used; the run's config.yaml "
-                        "carries its class names)")
+    parser.add_argument("config", help="YAML config (its data keys are used; when --ckpt lies in a training "
+                        "run's folder, the model, class names and preprocessing come from that run's config.yaml)")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")
     parser.add_argument("--data", help="dataset root (default: the config's data_dir)")
-    parser.add_argument("--out", help="report directory (default: <output_dir>/eval)")
+    parser.add_argument("--out", help="report directory (default: eval/ in the checkpoint's run folder, else in "
+                        "the config's output_dir)")
     parser.add_argument("--calib_split", default=None, help="holdout (the run's held-out images), or the split "
                         "the calibration images come from (default: holdout if the run has one, else the "
                         "training split)")
@@ -159,7 +162,8 @@ def main(argv=None):
                         help="images drawn from the calibration images (default: 5000 of the training split, "
                         "all of any other; the authors used 50000 training images)")
     parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out (a folder holding anything "
+                        "else is never replaced)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)   # key=value may follow the options
     if args.calib_size is not None and args.calib_size < 1:

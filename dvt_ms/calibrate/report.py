@@ -17,11 +17,16 @@ import os
 import numpy as np
 import yaml
 
-from ..fileio import staged_directory
+from ..fileio import OutputFolderKind, staged_directory
 from ..plots import plot_budget_curve
 from . import search
 
-__all__ = ["calibrate", "default_setting", "write_report"]
+__all__ = ["REPORT_FOLDER", "calibrate", "default_setting", "write_report"]
+
+# What run_eval.sh recognises as its own report folder (the only kind of folder --overwrite replaces).
+REPORT_FOLDER = OutputFolderKind("a calibration report", "thresholds.yaml",
+                                 ("per_exit.json", "budget_curve.json", "budget_curve.md", "budget_curve.png",
+                                  "thresholds.yaml"))
 
 
 def calibrate(calib, calib_targets, val, val_targets, cumulative_gflops):
@@ -75,7 +80,7 @@ def write_report(out_dir, model_name, flops, calib, val, rows, overwrite=False, 
                   "budgets": rows}
     if calibration is not None:
         thresholds["calibration"] = dict(calibration)
-    with staged_directory(out_dir, overwrite) as staging:
+    with staged_directory(out_dir, REPORT_FOLDER, overwrite) as staging:
         def path(name):
             return os.path.join(staging, name)
         with open(path("per_exit.json"), "w", encoding="utf-8") as handle:

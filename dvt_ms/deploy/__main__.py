@@ -15,9 +15,10 @@ import time
 
 from .. import cli
 from ..errors import InferenceError
-from ..fileio import atomic_write_text, check_output_file
+from ..fileio import atomic_write_text, check_distinct_outputs, check_output_file
 from .engine import EarlyExitEngine
-from .infer import collect_images, format_summary, labels_in_model_order, run_inference, write_results
+from .infer import (RESULTS_FILE, SUMMARY_FILE, collect_images, format_summary, labels_in_model_order,
+                    run_inference, write_results)
 from .manifest import MANIFEST_NAME, load_manifest, load_thresholds, select_budget
 
 LOGGER = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ def _run(args):
         raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
         raise InferenceError(f"--budget must be a positive number of GFLOPs per image, got {args.budget}")
-    check_output_file(args.out, args.summary)
+    check_distinct_outputs(out=args.out, summary=args.summary)
+    check_output_file(args.out, kind=RESULTS_FILE)
+    check_output_file(args.summary, kind=SUMMARY_FILE)
     manifest = load_manifest(args.model)
     exit_thresholds = _exit_thresholds(args, manifest)
     paths, labels, folder_names = collect_images(args.inputs)
@@ -58,6 +61,16 @@ def _run(args):
     if args.summary:
         atomic_write_text(args.summary, json.dumps(summary, indent=1))
     print(format_summary(summary, engine.num_exits))
+    written = " and ".join(path for path in (args.out, args.summary) if path)
+    if written:
+        print(f"results: {written}")
+    stopped = summary.get("interrupted")
+    if stopped:
+        sys.stdout.flush()
+        print(f"interrupted: {stopped['classified']} of {stopped['of']} images classified"
+              + (f"; their results are in {written}" if written else ""), file=sys.stderr)
+        return stopped["exit_code"]
+    return 0
 
 
 def main(argv=None):
@@ -75,7 +88,7 @@ def main(argv=None):
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     args = parser.parse_args(argv)
     cli.setup_logging(timestamps=False)
-    return cli.run(lambda: _run(args))
+    return cli.run(lambda: _run(args), defer_interrupts=True)
 
 
 if __name__ == "__main__":

@@ -261,11 +261,16 @@ class EarlyExitRun:
         """(exit index, class, confidence) arrays over the pushed images, in push order."""
         if self.answered < self.pushed:
             raise RuntimeError(f"{self.pushed - self.answered} images are still queued: call finish() first")
-        exit_index = np.zeros(self.pushed, np.int64)
-        classes = np.zeros(self.pushed, np.int64)
-        confidences = np.zeros(self.pushed, np.float32)
-        for positions, k, answer_classes, answer_confidences in self._answers:
-            exit_index[positions] = k
-            classes[positions] = answer_classes
-            confidences[positions] = answer_confidences
-        return exit_index, classes, confidences
+        return self.answered_results()[1:]
+
+    def answered_results(self):
+        """(positions, exit index, class, confidence) arrays of the images answered so far, in push
+        order: all of them after ``finish()``, what an interrupted run can still report before it."""
+        if not self._answers:
+            return (np.zeros(0, np.int64),) * 3 + (np.zeros(0, np.float32),)
+        positions = np.concatenate([answer[0] for answer in self._answers])
+        exit_index = np.concatenate([np.full(len(answer[0]), answer[1], np.int64) for answer in self._answers])
+        classes = np.concatenate([answer[2] for answer in self._answers]).astype(np.int64)
+        confidences = np.concatenate([answer[3] for answer in self._answers]).astype(np.float32)
+        order = np.argsort(positions, kind="stable")
+        return positions[order], exit_index[order], classes[order], confidences[order]

@@ -16,14 +16,44 @@ import time
 
 import numpy as np
 
+from ..cli import interrupted_code, raise_if_stop_requested
 from ..errors import InferenceError
-from ..fileio import atomic_write_text
+from ..fileio import OutputFileKind, atomic_write_text
 from ..imagefolder import IMAGE_EXTENSIONS, class_folders, image_files
 from .preprocess import Preprocessor, UnreadableImageError
 
-__all__ = ["collect_images", "labels_in_model_order", "run_inference", "format_summary", "write_results"]
+__all__ = ["RESULTS_FILE", "SUMMARY_FILE", "collect_images", "labels_in_model_order", "run_inference",
+           "format_summary", "write_results"]
 
 LOGGER = logging.getLogger(__name__)
+
+_RECORD_FIELDS = ("path", "class_index", "class", "confidence", "exit")   # then label, correct with labels
+
+
+def _file_start(path, size=4096):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_results_file(path):
+    """A results file ``write_results`` wrote: a CSV with our header, or a JSON list of our records."""
+    start = _file_start(path)
+    if start.startswith(",".join(_RECORD_FIELDS)):
+        return True
+    return start.startswith("[") and all(f'"{field}"' in start for field in _RECORD_FIELDS)
+
+
+def _is_summary_file(path):
+    start = _file_start(path)
+    return start.startswith("{") and '"images"' in start and '"exit_shares"' in start
+
+
+# What run_infer.sh recognises as its own output files (the only existing files --out / --summary replace).
+RESULTS_FILE = OutputFileKind("a results file", _is_results_file)
+SUMMARY_FILE = OutputFileKind("an inference summary", _is_summary_file)
 
 
 def collect_images(inputs):
@@ -88,52 +118,64 @@ def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare
     seconds = {"preprocess": 0.0, "early_exit": 0.0, "every_exit": 0.0}
     streaming = {"preprocess": [], "early_exit": [], "every_exit": []}     # per image, batch size 1
     num_batches = -(-len(paths) // batch_size)
-    for batch_number, start in enumerate(range(0, len(paths), batch_size)):
-        arrays = []
-        begin = time.perf_counter()
-        for offset, path in enumerate(paths[start:start + batch_size]):
-            try:
-                arrays.append(preprocess(path))
-            except UnreadableImageError as err:
-                LOGGER.warning("skipping unreadable image %s: %s", path, err)
-                skipped.append({"path": path, "error": str(err)})
-                continue
-            kept_paths.append(path)
-            kept_labels.append(-1 if labels is None else int(labels[start + offset]))
-        took = {"preprocess": time.perf_counter() - begin}
-        if arrays:
-            images = np.stack(arrays)
+    interrupted = None
+    try:
+        for batch_number, start in enumerate(range(0, len(paths), batch_size)):
+            arrays = []
             begin = time.perf_counter()
-            run.push(images)
-            took["early_exit"] = time.perf_counter() - begin
-            if compare_all_exits:
+            for offset, path in enumerate(paths[start:start + batch_size]):
+                try:
+                    arrays.append(preprocess(path))
+                except UnreadableImageError as err:
+                    LOGGER.warning("skipping unreadable image %s: %s", path, err)
+                    skipped.append({"path": path, "error": str(err)})
+                    continue
+                kept_paths.append(path)
+                kept_labels.append(-1 if labels is None else int(labels[start + offset]))
+            took = {"preprocess": time.perf_counter() - begin}
+            if arrays:
+                images = np.stack(arrays)
                 begin = time.perf_counter()
-                engine.every_exit(images)
-                took["every_exit"] = time.perf_counter() - begin
-            if batch_size == 1:
-                for key, value in took.items():
-                    streaming[key].append(value)
-        for key, value in took.items():
-            seconds[key] += value
-        if (batch_number + 1) % max(1, num_batches // 10) == 0 or batch_number + 1 == num_batches:
-            LOGGER.info("processed %d/%d images", min(start + batch_size, len(paths)), len(paths))
-    begin = time.perf_counter()
-    run.finish()
-    seconds["early_exit"] += time.perf_counter() - begin
+                run.push(images)
+                took["early_exit"] = time.perf_counter() - begin
+                if compare_all_exits:
+                    begin = time.perf_counter()
+                    engine.every_exit(images)
+                    took["every_exit"] = time.perf_counter() - begin
+                if batch_size == 1:
+                    for key, value in took.items():
+                        streaming[key].append(value)
+            for key, value in took.items():
+                seconds[key] += value
+            if (batch_number + 1) % max(1, num_batches // 10) == 0 or batch_number + 1 == num_batches:
+                LOGGER.info("processed %d/%d images", min(start + batch_size, len(paths)), len(paths))
+            raise_if_stop_requested()
+        begin = time.perf_counter()
+        run.finish()
+        seconds["early_exit"] += time.perf_counter() - begin
+    except KeyboardInterrupt as stop:
+        # Ctrl-C (or SIGTERM): keep what is answered; the caller writes it and ends with the signal's code.
+        interrupted = stop
+        LOGGER.warning("interrupted: stopping after %d of %d images", run.answered, len(paths))
+    positions, exits, predictions, confidences = run.answered_results()
+    if interrupted is not None and not len(positions):
+        raise interrupted
     if not kept_paths:
         raise InferenceError(f"none of the {len(paths)} images could be read")
-    exits, predictions, confidences = run.results()
+    kept_paths = [kept_paths[i] for i in positions]
+    kept_labels = [kept_labels[i] for i in positions]
     names = engine.manifest.get("class_names")
     records = []
     for path, label, k, prediction, confidence in zip(kept_paths, kept_labels, exits, predictions, confidences):
-        record = {"path": path, "class_index": int(prediction),
-                  "class": names[prediction] if names else str(int(prediction)),
-                  "confidence": float(confidence), "exit": int(k) + 1}
+        record = dict(zip(_RECORD_FIELDS, (path, int(prediction), names[prediction] if names else str(int(prediction)),
+                                           float(confidence), int(k) + 1)))
         if labels is not None:
             record["label"] = int(label)
             record["correct"] = bool(prediction == label)
         records.append(record)
     summary = _summary(engine, records, skipped, exit_thresholds, batch_size, seconds)
+    if interrupted is not None:
+        summary["interrupted"] = {"classified": len(records), "of": len(paths), "exit_code": interrupted_code(interrupted)}
     if batch_size == 1:
         summary["latency_ms"] = _latency(streaming, exits, engine.num_exits)
     return records, summary
@@ -147,6 +189,9 @@ def _percentiles(seconds):
 def _latency(streaming, exits, num_exits):
     """Batch-1 latency percentiles (ms): the model part overall and per exit, preprocessing,
     both together, and every exit (no early exit) for comparison."""
+    count = min(len(streaming["early_exit"]), len(exits))   # an interrupted run may end between the two
+    streaming = {key: values[:count] for key, values in streaming.items()}
+    exits = exits[:count]
     model = np.asarray(streaming["early_exit"])
     latency = {"model": _percentiles(model), "preprocess": _percentiles(streaming["preprocess"]),
                "end_to_end": _percentiles(model + np.asarray(streaming["preprocess"])),
@@ -167,10 +212,11 @@ def _summary(engine, records, skipped, exit_thresholds, batch_size, seconds):
                "exit_thresholds": [float(t) for t in exit_thresholds],
                "exit_shares": shares.tolist(), "expected_gflops": expected_gflops,
                "preprocess_ms_per_image": 1000.0 * seconds["preprocess"] / (count + len(skipped)),
-               "images_per_second": count / seconds["early_exit"],
-               "end_to_end_images_per_second": count / (seconds["early_exit"] + seconds["preprocess"]),
                "predicted_speedup": engine.cumulative_gflops[-1] / expected_gflops}
-    if seconds["every_exit"]:
+    if seconds["early_exit"]:   # zero only when an interrupt came before the first batch was done
+        summary["images_per_second"] = count / seconds["early_exit"]
+        summary["end_to_end_images_per_second"] = count / (seconds["early_exit"] + seconds["preprocess"])
+    if seconds["every_exit"] and seconds["early_exit"]:
         summary["all_exits_images_per_second"] = count / seconds["every_exit"]
         summary["measured_speedup"] = seconds["every_exit"] / seconds["early_exit"]
     if "correct" in records[0]:
@@ -199,9 +245,10 @@ def format_summary(summary, num_exits):
         lines.append(f"accuracy: {summary['accuracy']:.2f}%")
     lines.append(f"expected GFLOPs per image: {summary['expected_gflops']:.4f}")
     lines.append(f"preprocessing: {summary['preprocess_ms_per_image']:.2f} ms per image")
-    lines.append(f"early-exit engine (model part): {summary['images_per_second']:.1f} images/s; "
-                 f"with preprocessing {summary['end_to_end_images_per_second']:.1f} images/s "
-                 f"(batch size {summary['batch_size']})")
+    if "images_per_second" in summary:
+        lines.append(f"early-exit engine (model part): {summary['images_per_second']:.1f} images/s; "
+                     f"with preprocessing {summary['end_to_end_images_per_second']:.1f} images/s "
+                     f"(batch size {summary['batch_size']})")
     if "measured_speedup" in summary:
         lines.append(f"all exits, no early exit (model part): {summary['all_exits_images_per_second']:.1f} images/s")
         lines.append(f"speedup over all exits (model part): measured {summary['measured_speedup']:.2f}x, "

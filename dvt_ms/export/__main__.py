@@ -8,39 +8,52 @@ images that did not exit. The manifest says how to preprocess, what each graph t
 each exit's GFLOPs and, when given, the calibrated thresholds.
 """
 import argparse
+import logging
 import os
 import sys
 
 from .. import cli
 from ..imagefolder import class_folders
 
+LOGGER = logging.getLogger(__name__)
 
-def _class_names(config, num_classes):
-    """The run's class names (recorded in its config.yaml by training), else the class folder names
-    of the training split when it is an image folder with the right count."""
+
+def _class_names(config, num_classes, run_dir):
+    """The class names the heads were trained with: the run's record (``config`` holds it when the
+    checkpoint lies in its run folder) or the config's, else the class folder names of the training
+    split when it is an image folder with the right count (said in a warning: folders change), else
+    None (warned: results will then name class indices)."""
     if config.class_names:
         return list(config.class_names)
-    if config.dataset != "imagenet" or not config.data_dir:
-        return None
-    root = os.path.join(config.data_dir, config.train_split)
-    if not os.path.isdir(root):
-        return None
-    names = class_folders(root)
-    return names if len(names) == num_classes else None
+    names = None
+    if config.dataset == "imagenet" and config.data_dir and not run_dir:
+        root = os.path.join(config.data_dir, config.train_split)
+        if os.path.isdir(root):
+            names = class_folders(root)
+            names = names if len(names) == num_classes else None
+    if names:
+        LOGGER.warning("class names taken from the folders of %s as they are now (the checkpoint is not in a "
+                       "training run's folder, whose record would say what it learned)",
+                       os.path.join(config.data_dir, config.train_split))
+    else:
+        LOGGER.warning("the exported model has no class names: results will name class indices (set class_names "
+                       "in the config, or export a checkpoint from its training run's folder)")
+    return names
 
 
 def _run(args):
     from ..checkpoint import load_model_weights
-    from ..config import load_config, model_overrides
+    from ..config import model_overrides
     from ..deploy.manifest import check_thresholds_fit, read_thresholds
     from ..deploy.preprocess import resize_for_crop
     from ..device import use_device
     from ..fileio import prepare_staged_directory
     from ..models import build_config, create_model
-    from .writer import IMAGENET_MEAN, IMAGENET_STD, export_model
+    from ..runrecord import config_for_checkpoint
+    from .writer import EXPORT_FOLDER, IMAGENET_MEAN, IMAGENET_STD, export_model
 
-    config = load_config(args.config, cli.parse_overrides(args.overrides))
-    prepare_staged_directory(args.out, args.overwrite)
+    config, run_dir = config_for_checkpoint(args.config, args.ckpt, cli.parse_overrides(args.overrides))
+    prepare_staged_directory(args.out, EXPORT_FOLDER, args.overwrite)
     thresholds = None
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
@@ -52,7 +65,7 @@ def _run(args):
     preprocess = {"img_size": model.config.img_size, "crop_pct": config.crop_pct,
                   "resize": resize_for_crop(model.config.img_size, config.crop_pct),
                   "interpolation": config.interpolation, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes),
+    export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes, run_dir),
                  thresholds, args.overwrite, args.precision)
     print(f"exported {model.config.num_exits} exits to {args.out}")
 
@@ -61,19 +74,21 @@ def main(argv=None):
     from .writer import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="run_export.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="YAML config of the model")
+    parser.add_argument("config", help="YAML config of the model (when --ckpt lies in a training run's folder, "
+                        "the model, class names and preprocessing come from that run's config.yaml)")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")
     parser.add_argument("--out", required=True, help="directory for exit*.mindir and manifest.yaml")
     parser.add_argument("--thresholds", help="thresholds.yaml from run_eval.sh, stored in the manifest")
     parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (a folder holding anything "
+                        "else is never replaced)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="float32",
                         help="compute dtype of the graphs; float16/bfloat16 keep LayerNorm and the model's float32 "
                              "islands in float32 (convert them for Ascend with precision_mode=enforce_origin)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)   # key=value may follow the options
     cli.setup_logging(timestamps=False)
-    return cli.run(lambda: _run(args))
+    return cli.run(lambda: _run(args), defer_interrupts=True)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,16 @@ import mindspore as ms
 import yaml
 
 from ..deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest
-from ..fileio import staged_directory, through_safe_name
+from ..cli import raise_if_stop_requested
+from ..fileio import OutputFolderKind, staged_directory, through_safe_name
 from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
 from .graphs import ExitGraph, exit_signature
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRECISIONS", "export_model"]
+__all__ = ["EXPORT_FOLDER", "IMAGENET_MEAN", "IMAGENET_STD", "PRECISIONS", "export_model"]
+
+# What run_export.sh recognises as its own output folder (the only kind of folder --overwrite replaces).
+EXPORT_FOLDER = OutputFolderKind("an exported model", MANIFEST_NAME, ("exit*.mindir", MANIFEST_NAME))
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
                 "num_classes": config.num_classes, "class_names": class_names, "preprocess": preprocess,
                 "precision": precision, "exits": exits, "thresholds": thresholds}
     check_manifest(manifest, os.path.join(out_dir, MANIFEST_NAME))   # what deployment will check, before any work
-    with staged_directory(out_dir, overwrite) as staging:
+    with staged_directory(out_dir, EXPORT_FOLDER, overwrite) as staging:
         if PRECISIONS[precision] is not None:
             ms.amp.auto_mixed_precision(model, "O2", PRECISIONS[precision])   # converts the stages in place
         use_native_ops(model)
@@ -68,6 +72,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
             with through_safe_name(os.path.join(staging, info["file"])) as file_name:
                 ms.export(ExitGraph(model, k), *inputs, file_name=file_name, file_format="MINDIR")
             LOGGER.info("exported exit %d/%d", k + 1, config.num_exits)
+            raise_if_stop_requested()   # a Ctrl-C during MindSpore's export is honoured here; nothing is kept
         with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:
             yaml.safe_dump(manifest, handle, sort_keys=False)
     LOGGER.info("wrote %d MindIR files and %s to %s", config.num_exits, MANIFEST_NAME, out_dir)

@@ -39,6 +39,7 @@ from ..checkpoint.store import UnreadableCheckpointError, read_checkpoint
 from ..config import OPTIONS, SCHEMA, load_config
 from ..errors import ConfigError, OutputPathError
 from ..fileio import atomic_write_text, check_output_dir, remove_stale_temporaries
+from ..runrecord import RUN_CONFIG_NAME, RUN_RECORD_NAME
 from ..shipped_configs import config_path
 from .checkpoints import BEST_NAME, CheckpointManager, step_of
 
@@ -46,8 +47,8 @@ __all__ = ["RUN_FILE_NAMES", "RunFolder", "inspect_run_folder", "resume_changes"
 
 _logger = logging.getLogger(__name__)
 
-RUN_NAME = "run.json"
-CONFIG_NAME = "config.yaml"
+RUN_NAME = RUN_RECORD_NAME
+CONFIG_NAME = RUN_CONFIG_NAME
 LOG_NAME = "log.jsonl"
 RUN_FILE_NAMES = (BEST_NAME, CONFIG_NAME, LOG_NAME, RUN_NAME)   # besides step_*.ckpt
 _LOCK_NAME = ".dvt-run.lock"
