@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from dvt_ms import cli  # noqa: E402
 from dvt_ms.calibrate import search  # noqa: E402
 from dvt_ms.calibrate.report import calibrate  # noqa: E402
 
@@ -76,8 +77,7 @@ def run(mode, images, classes, batch, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("benchmarks/calibration_memory.py", __doc__)
     parser.add_argument("--images", type=int, default=50000, help="images per split (calibration, validation)")
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=250)

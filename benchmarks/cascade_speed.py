@@ -2,7 +2,7 @@
 each batch size, GFLOP/s, and the fraction of this machine's matrix-product ceiling it reaches.
 
     python benchmarks/cascade_speed.py [--models NAME ...] [--batches 1 16] [--kernels on off]
-                                       [--repeats 3] [--torch-python /path/to/python-with-torch]
+                                       [--repeats 3] [--torch_python /path/to/python-with-torch]
 
 ``--kernels on`` uses the compiled CPU GELU/LayerNorm kernels (dvt_ms/models/cpu_kernels), ``off``
 MindSpore's native ops (DVT_CPU_KERNELS=0); both include the exact matmul reformulations. For the
@@ -11,7 +11,7 @@ code before this work, run the same script with an older dvt_ms first on PYTHONP
 
 The ceiling is a large ``nn.Dense`` (4096 x 1024 x 1024, float32) timed in the same run; "GFLOPs"
 are multiply-accumulates as in ``dvt_ms.models.flops`` (and the DVT paper), so GFLOP/s and the
-ceiling are both in GMAC/s. ``--torch-python`` adds the PyTorch reference of the authors' code
+ceiling are both in GMAC/s. ``--torch_python`` adds the PyTorch reference of the authors' code
 (benchmarks/torch_reference.py, optional: it needs torch) timed in a subprocess, and the speedup
 against it. A script, not a test: the numbers depend on the machine.
 """
@@ -24,6 +24,8 @@ import sys
 import time
 
 import numpy as np
+
+from dvt_ms import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRESET_NAMES = ["dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small"]
@@ -89,12 +91,12 @@ def _kernels_label(setting):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("benchmarks/cascade_speed.py", __doc__)
     parser.add_argument("--models", nargs="+", default=PRESET_NAMES)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--kernels", nargs="+", default=["on", "off"], choices=["on", "off"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per point; the median is reported")
-    parser.add_argument("--torch-python", help="a Python with torch, for the PyTorch reference column")
+    parser.add_argument("--torch_python", help="a Python with torch, for the PyTorch reference column")
     parser.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--_ceiling", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

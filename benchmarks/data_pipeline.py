@@ -11,7 +11,6 @@ config's RandAugment, random erasing, mixup/cutmix; batch 32 and 2 workers unles
 Each epoch is timed from creating its pipeline to its last batch; the median of the repeats is
 reported in images/s. The images are checked once before timing (a cached start-up cost).
 """
-import argparse
 import os
 import shutil
 import statistics
@@ -66,8 +65,7 @@ def mindcv_native(config, root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("benchmarks/data_pipeline.py", __doc__)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "dvt_deit_small_imagenet.yaml"))

@@ -11,7 +11,6 @@ folder (removed afterwards) and times
   after, warm, 1% changed: 1% of the files rewritten since the last start;
   after, other rank: a rank that waits for rank 0's result and reads it (no listing, no checks).
 """
-import argparse
 import io
 import os
 import shutil
@@ -25,6 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from dvt_ms import cli  # noqa: E402
 from dvt_ms.data.imagecheck import ImageCheck  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +62,7 @@ def timed(function):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("benchmarks/dataset_startup.py", __doc__)
     parser.add_argument("--files", type=int, default=100000)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--before_ref", default="main", help="git ref of the 'before' code ('' to skip)")

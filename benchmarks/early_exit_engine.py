@@ -16,7 +16,6 @@ batch-1 latency (streaming; p50/p95 overall and per exit).
 ``--preset`` and ``--config`` export a randomly initialised model first (latency does not depend on
 the weights).
 """
-import argparse
 import logging
 import os
 import statistics
@@ -26,6 +25,7 @@ import time
 import numpy as np
 import mindspore as ms
 
+from dvt_ms import cli
 from dvt_ms.calibrate import search
 from dvt_ms.deploy.engine import EarlyExitEngine
 from dvt_ms.deploy.preprocess import Preprocessor
@@ -35,13 +35,11 @@ LOGGER = logging.getLogger("early_exit_engine")
 
 def _export_random(out_dir, preset=None, config_path=None):
     import dvt_ms
-    from dvt_ms.config import load_config, model_overrides
+    from dvt_ms.config import load_config
     from dvt_ms.deploy.preprocess import resize_for_crop
     from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
-    # the benchmark reads no dataset: data_dir only satisfies the run-config check
-    overrides = {"data_dir": "unused"} if config_path else {"model": preset, "data_dir": "unused"}
-    config = load_config(config_path, overrides)
-    model = dvt_ms.create_model(config.model, **model_overrides(config))
+    config = load_config(config_path, None if config_path else {"model": preset}, command="export")
+    model = dvt_ms.DVT(config.arch)
     img_size = model.config.img_size
     preprocess = {"img_size": img_size, "crop_pct": config.crop_pct,
                   "resize": resize_for_crop(img_size, config.crop_pct), "interpolation": config.interpolation,
@@ -87,7 +85,7 @@ def _write_jpegs(folder, count, size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("benchmarks/early_exit_engine.py", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="export this preset with random weights and benchmark it")
     source.add_argument("--config", help="export this config's model with random weights (e.g. configs/demo.yaml)")

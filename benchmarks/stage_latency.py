@@ -6,7 +6,6 @@ Each stage is timed on its own (image + the previous stage's reuse tensors in), 
 call that compiles the graph; the whole cascade (all exits) is timed the same way. Prints a
 Markdown table (and writes it to --out). Random weights: latency does not depend on them.
 """
-import argparse
 import logging
 import statistics
 import time
@@ -14,6 +13,7 @@ import time
 import numpy as np
 import mindspore as ms
 
+from dvt_ms import cli
 import dvt_ms
 from dvt_ms.models.flops import model_flops
 
@@ -61,7 +61,7 @@ def to_markdown(rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("benchmarks/stage_latency.py", __doc__)
     parser.add_argument("--models", nargs="+", default=sorted(dvt_ms.PRESETS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)

@@ -1,6 +1,6 @@
 """Optional: an independent PyTorch reference of the DVT three-exit inference cascade, for the
 "authors' PyTorch" column of benchmarks/cascade_speed.py. Needs torch, which dvt-ms does not
-depend on: run it with a Python that has torch (cascade_speed.py --torch-python PATH starts it as
+depend on: run it with a Python that has torch (cascade_speed.py --torch_python PATH starts it as
 a subprocess). Timing CLI, one JSON line per run:
 
     python benchmarks/torch_reference.py --model dvt_deit_small --batch 16 --repeats 3

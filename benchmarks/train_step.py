@@ -5,7 +5,7 @@ at the logging cadence (the loop now), and how much of a step the host spends wa
                                     [--steps 40] [--log_every 10]
     python benchmarks/train_step.py --memory      # measured peak memory of a step vs the estimate
 
-The configs are configs/demo.yaml (demo: 64 px, 2x2/4x4/8x8 tokens, D=64, 3 blocks, batch 32),
+The configs are configs/demo.yaml (demo: 64 px, 1x1/4x4/8x8 tokens, D=64, 3 blocks, batch 32),
 configs/tiny_cpu.yaml (deit: 64 px, 4x4/6x6/8x8 tokens, D=64, 2 blocks, batch 32) and the same
 with the t2t tokenizers (model=dvt_t2t_vit_12, token_dim=16, grids 2/3/4), on a synthetic demo
 dataset written to a temporary folder. ``--kernels off`` builds the model without the compiled
@@ -27,8 +27,12 @@ import time
 
 import numpy as np
 
+from dvt_ms import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_T2T = {"model": "dvt_t2t_vit_12", "patch_grids": None, "token_dim": 16}
+# configs/tiny_cpu.yaml's width and depth as a T2T model (dvt_tiny is a deit preset)
+TINY_T2T = {"model": "dvt_t2t_vit_12", "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0,
+            "patch_grids": None, "token_dim": 16}
 # family -> (config file, overrides)
 FAMILIES = {"demo": ("demo.yaml", {}), "deit": ("tiny_cpu.yaml", {}), "t2t": ("tiny_cpu.yaml", TINY_T2T)}
 # Memory probes: (name, overrides of configs/tiny_cpu.yaml); chosen so activations dominate.
@@ -109,7 +113,6 @@ def time_config(family, amp_level, kernels, steps, log_every, repeats, data_dir,
 def memory_probe(name, extra, data_dir, work):
     """Peak memory the steps add over the built run, against ``estimate_training_memory``."""
     import mindspore as ms
-    from dvt_ms.models import build_config
     from dvt_ms.train.memory import estimate_training_memory
     from dvt_ms.train.trainer import Trainer
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -126,15 +129,10 @@ def memory_probe(name, extra, data_dir, work):
     for images, labels, *_ in iterator:
         trainer.train_step(images, labels)[0].asnumpy()
     peak = status("VmHWM:")
-    estimate = estimate_training_memory(build_config(config.model, **_model_keys(config)), config.batch_size, "O0")
+    estimate = estimate_training_memory(config.arch, config.batch_size, "O0")
     return {"name": name, "measured_gb": (peak - before) / 2 ** 30,
             "estimated_activations_gb": config.batch_size * estimate.per_image / 2 ** 30,
             "estimated_total_gb": estimate.total / 2 ** 30}
-
-
-def _model_keys(config):
-    from dvt_ms.config import model_overrides
-    return model_overrides(config)
 
 
 def _write_data(root):
@@ -143,7 +141,7 @@ def _write_data(root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("benchmarks/train_step.py", __doc__)
     parser.add_argument("--families", nargs="+", default=["demo", "deit", "t2t"], choices=sorted(FAMILIES))
     parser.add_argument("--amp", nargs="+", default=["O0", "O2"], choices=["O0", "O1", "O2", "O3"])
     parser.add_argument("--kernels", nargs="+", default=["on"], choices=["on", "off"],

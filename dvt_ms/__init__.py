@@ -10,7 +10,7 @@ import importlib
 import sys
 
 __version__ = "0.2.0"
-__all__ = ["DVT", "DVTConfig", "PRESETS", "build_config", "create_model"]
+__all__ = ["DVT", "DVTConfig", "PRESETS", "build_config", "create_model", "list_presets"]
 
 
 def _quiet_cell_teardown():

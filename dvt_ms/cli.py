@@ -1,20 +1,88 @@
-"""What every command line shares: ``key=value`` overrides, logging, and how errors end a command.
+"""What every command line shares: its parser, ``key=value`` overrides, logging, and how errors
+end a command.
 
-Conventions (train, convert, flops, calibrate, export, infer, demo): options use mindcv's
+Conventions (train, convert, flops, calibrate, export, infer, demo, benchmarks): the parser comes
+from ``argument_parser``: the usage line names the command as the user typed it (the shell
+script, the ``dvt-*`` console script or ``python -m ...``), the help is plain text shown once with
+each option's default, and ``--version`` prints the package version. Options use mindcv's
 underscore spelling (``--calib_size``), config or architecture overrides are positional
 ``key=value`` pairs with YAML values, and a user error (``DVTError``) prints one line
 ``error: ...`` naming the file, key or value and exits with code 2, without a traceback.
 """
+import argparse
 import logging
+import os
+import re
 import signal
 import sys
 import threading
 
 import yaml
 
+from . import __version__
 from .errors import ConfigError, DVTError
 
-__all__ = ["StopSignal", "interrupted_code", "raise_if_stop_requested", "parse_overrides", "setup_logging", "run"]
+__all__ = ["PROG_VARIABLE", "argument_parser", "command_name", "plain_text", "StopSignal", "interrupted_code",
+           "raise_if_stop_requested", "parse_overrides", "setup_logging", "run"]
+
+# Set by scripts/run_*.sh for the one process they exec: the script's path, for the usage line.
+PROG_VARIABLE = "DVT_PROG"
+
+
+def command_name(module):
+    """How the user ran the command in ``module`` (a module name, or a script's path such as
+    ``benchmarks/train_step.py``): the shell script that started it (it sets ``DVT_PROG``), the
+    ``dvt-*`` console script, else ``python -m module`` (``python PATH`` for a script). The
+    variable is consumed here so that commands this one starts name themselves."""
+    script = os.environ.pop(PROG_VARIABLE, None)
+    if script:
+        return script
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if program.startswith("dvt-"):
+        return program
+    return f"python {module}" if module.endswith(".py") else f"python -m {module}"
+
+
+def plain_text(doc, paragraphs=None):
+    """A command's docstring as help text: without its "Command line:" heading and the example
+    command lines (the usage line shows how to run it, under the name the user typed), without
+    reStructuredText's ``literal`` quotes; only the first ``paragraphs`` when given."""
+    kept = []
+    for paragraph in re.split(r"\n\s*\n", doc.strip()):
+        lines = [line.strip() for line in paragraph.splitlines() if line.strip()]
+        if lines[0].startswith(("python ", "bash ", "dvt-")):
+            continue   # example command lines
+        if not kept and paragraph.startswith("Command line:"):
+            paragraph = paragraph[len("Command line:"):].strip()
+            if paragraph.startswith("``"):
+                continue   # only the command line itself
+            paragraph = paragraph[:1].upper() + paragraph[1:]
+        kept.append(re.sub(r"``([^`]+)``", r"\1", paragraph))
+    return "\n\n".join(kept[:paragraphs])
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (examples keep their layout); every option's default appended,
+    unless it has none or its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or "default" in text
+                or action.option_strings == []
+                or isinstance(action, (argparse._VersionAction, argparse._HelpAction))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def argument_parser(module, doc, paragraphs=None, **kwargs):
+    """The ``ArgumentParser`` of the command in ``module`` (e.g. ``"dvt_ms.export"``), described
+    by its docstring ``doc`` (shown once, as plain text; its first ``paragraphs`` when given),
+    with ``--version``."""
+    parser = argparse.ArgumentParser(prog=command_name(module), description=plain_text(doc, paragraphs),
+                                     formatter_class=_HelpFormatter, **kwargs)
+    parser.add_argument("--version", action="version", version=f"%(prog)s (dvt-ms {__version__})")
+    return parser
 
 _logger = logging.getLogger("dvt_ms")
 

@@ -1,72 +1,43 @@
 """The run configuration shared by train, calibrate and export: one schema, flat mindcv-style
 YAML keys, validated on load.
 
-``SCHEMA`` is the single source of truth: every key with its type, default and a one-line doc.
-``load_config`` reads a YAML file plus ``key=value`` overrides and rejects unknown keys (suggesting
-the nearest valid one), wrong types and impossible values, naming the key, the value and where it
-came from. ``schema_markdown`` renders the schema as the README's table.
+``SCHEMA`` is the single source of truth: every key as an ``Option`` (a ``dvt_ms.schema.Field``)
+with its type, default and a one-line doc. ``load_config`` reads a YAML file plus ``key=value`` overrides and
+returns a ``RunConfig``: one attribute per key, and ``arch``, the ``DVTConfig`` of the model,
+built and checked once. Every problem is reported at once: unknown keys (with the nearest valid
+one), wrong types and impossible values, naming the key, the value and where it came from.
+Checks that involve several keys run for the command that uses them (``load_config(...,
+command=...)``): export needs no dataset, calibration no training schedule.
+``schema_markdown`` renders the schema as the README's table.
 
-Model keys are the fields of ``dvt_ms.models.DVTConfig``: ``null`` means "the preset's value".
+Model keys are the fields of ``dvt_ms.models.DVTConfig`` (``MODEL_FIELDS``) but ``family``, which
+the preset fixes: ``null`` means "the preset's value".
 """
 import dataclasses
-import difflib
 import typing
 
 import yaml
 
 from .errors import ConfigError
-from .models.presets import FIELD_TYPES, OVERRIDABLE_KEYS, PRESETS, build_config
+from .models.presets import MODEL_FIELDS, OVERRIDABLE_KEYS, build_config, list_presets
+from .schema import Field as Option, check_fields, format_default, raise_problems, suggest_key as _nearest
 from .shipped_configs import config_path
 
-__all__ = ["Option", "SCHEMA", "ALIASES", "TrainConfig", "load_config", "model_overrides", "schema_markdown",
-           "suggest_key"]
+__all__ = ["Option", "SCHEMA", "OPTIONS", "ALIASES", "COMMANDS", "RunConfig", "load_config", "model_overrides",
+           "schema_markdown", "suggest_key"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Option:
-    name: str
-    kind: str              # bool | int | float | str | ints (list of ints) | strs (list of str) | pair (two floats)
-    default: typing.Any
-    doc: str
-    section: str
-    nullable: bool = False
-    choices: tuple = ()
-    minimum: typing.Optional[float] = None   # inclusive
-    maximum: typing.Optional[float] = None   # inclusive
-    below: typing.Optional[float] = None     # exclusive upper bound
-
-
-# One line per DVTConfig field; the type comes from the dataclass, the value check from its __post_init__.
-_MODEL_DOCS = {
-    "embed_dim": "token width D",
-    "depth": "transformer blocks per exit",
-    "num_heads": "attention heads",
-    "mlp_ratio": "MLP hidden width / D",
-    "qkv_bias": "bias in the qkv projection",
-    "layernorm_eps": "LayerNorm epsilon",
-    "num_classes": "classes; must match the dataset (heads are re-initialised when it differs from `pretrained`)",
-    "img_size": "input resolution (train crop and eval crop)",
-    "patch_grids": "deit only: token grid side of each exit, e.g. [7, 10, 14]",
-    "token_dim": "t2t only: width of the Tokens-to-Token Performers",
-    "feature_reuse": "exits > 1 reuse the previous exit's features",
-    "relation_reuse": "exits > 1 reuse the previous exit's attention logits",
-    "drop_rate": "dropout on the position-embedded tokens, the attention projections and the MLPs "
-                 "(0 in the published recipe)",
-    "drop_path_rate": "stochastic depth, linear over depth (published recipe: 0.1)",
-}
 _KIND_NAMES = {"ints": "list of int", "strs": "list of str", "pair": "[float, float]"}
-_FIELD_KINDS = {int: "int", float: "float", bool: "bool", tuple: "ints"}
 
 
 def _model_options():
-    return [Option(name, _FIELD_KINDS[FIELD_TYPES[name]], None,
-                   _MODEL_DOCS.get(name, "architecture override (see dvt_ms.models.DVTConfig)"),
-                   "model", nullable=True)
-            for name in OVERRIDABLE_KEYS]
+    """The run config's model keys: DVTConfig's fields, null meaning the preset's value."""
+    return [dataclasses.replace(field, default=None, nullable=True, section="model")
+            for field in MODEL_FIELDS if field.name in OVERRIDABLE_KEYS]
 
 
 SCHEMA = (
-    Option("model", "str", "dvt_t2t_vit_12", "preset name", "model", choices=tuple(sorted(PRESETS))),
+    Option("model", "str", "dvt_t2t_vit_12", "preset name (`dvt-flops --list` lists them)", "model",
+           choices=tuple(list_presets())),
     *_model_options(),
     Option("pretrained", "str", None, "converted published checkpoint (.ckpt) to start from", "model",
            nullable=True),
@@ -164,87 +135,19 @@ SCHEMA = (
 )
 OPTIONS = {option.name: option for option in SCHEMA}
 
-TrainConfig = dataclasses.make_dataclass(
-    "TrainConfig", [(option.name, typing.Any) for option in SCHEMA], frozen=True,
-    namespace={"__doc__": "A validated training configuration (attribute per schema key).",
-               "as_dict": lambda self: dataclasses.asdict(self)})
+
+def _as_dict(self):
+    """The config's keys and values (not ``arch``): what a run records in its config.yaml."""
+    return {option.name: getattr(self, option.name) for option in SCHEMA}
 
 
-def _describe(value):
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _coerce(option, value):
-    """``value`` as the option's type, or raise ``ValueError`` saying what was expected."""
-    kind = option.kind
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"must be true or false, got {_describe(value)}")
-    if kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"must be an integer, got {_describe(value)}")
-    if kind == "float":
-        # YAML 1.1 reads 1e-3 (no dot) as a string; accept any spelling float() accepts.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"must be a number, got {_describe(value)}")
-    if kind == "str":
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"must be a string, got {_describe(value)}")
-    if kind == "ints":
-        if isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return tuple(value)
-        raise ValueError(f"must be a non-empty list of integers, got {_describe(value)}")
-    if kind == "strs":
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
-            if len(set(value)) < len(value):
-                repeated = sorted({v for v in value if list(value).count(v) > 1})
-                raise ValueError(f"must not repeat a name, got {', '.join(repeated)} more than once")
-            return tuple(value)
-        raise ValueError(f"must be a non-empty list of non-empty strings, got {_describe(value)}")
-    if kind == "pair":
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            low, high = float(value[0]), float(value[1])
-            if low > high:
-                raise ValueError(f"must be [low, high] with low <= high, got {list(value)}")
-            return low, high
-        raise ValueError(f"must be a list of two numbers [low, high], got {_describe(value)}")
-    raise AssertionError(f"unknown option kind {kind}")
-
-
-def _check_range(option, value):
-    items = value if isinstance(value, tuple) else (value,)
-    for item in items:
-        if not isinstance(item, (int, float)):
-            continue
-        if option.minimum is not None and item < option.minimum:
-            raise ValueError(f"must be >= {option.minimum}, got {value!r}")
-        if option.maximum is not None and item > option.maximum:
-            raise ValueError(f"must be <= {option.maximum}, got {value!r}")
-        if option.below is not None and item >= option.below:
-            raise ValueError(f"must be < {option.below}, got {value!r}")
-    if option.choices and value not in option.choices:
-        raise ValueError(f"must be one of {', '.join(option.choices)}, got {value!r}")
-
-
-def _validate_value(option, value):
-    if value is None:
-        if option.nullable:
-            return None
-        raise ValueError("must be set (null is not allowed)")
-    value = _coerce(option, value)
-    _check_range(option, value)
-    return value
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig",
+    [(option.name, typing.Any) for option in SCHEMA] + [("arch", typing.Any, dataclasses.field(repr=False))],
+    frozen=True,
+    namespace={"__doc__": "A validated run configuration: an attribute per schema key, and ``arch``, the "
+                          "model's ``DVTConfig`` (built once by ``load_config``; change model keys through it).",
+               "as_dict": _as_dict})
 
 
 # Names other trainers (timm, mindcv, PyTorch scripts) use for our keys.
@@ -266,63 +169,68 @@ def suggest_key(key):
     """The valid key a mistyped or foreign ``key`` most likely means, or None.
 
     Compares against the keys and the names other trainers use for them (``ALIASES``):
-    ``lerning_rate`` is close to ``learning_rate``, which is ``lr`` here. A close match to a
-    key or alias wins over a looser one."""
-    key = key.strip().lower().replace("-", "_")
-    if key in OPTIONS:
-        return key
-    if key in ALIASES:
-        return ALIASES[key]
-    candidates = {name: name for name in OPTIONS}
-    candidates.update(ALIASES)
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
-    if close:
-        return candidates[close[0]]
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    return candidates[close[0]] if close else None
+    ``lerning_rate`` is close to ``learning_rate``, which is ``lr`` here."""
+    return _nearest(key, OPTIONS, ALIASES)
 
 
-def _unknown_key_message(key, source):
-    close = suggest_key(key)
-    hint = f"; did you mean {close!r}?" if close else "; see `python -m dvt_ms.train --list_keys`"
-    return f"{source}: unknown key {key!r}{hint}"
-
-
-def _cross_checks(values):
-    """Checks that involve several keys; returns error messages."""
-    errors = []
+def _training_problems(values):
+    """The schedule and the mixing rules: keys only training uses."""
+    problems = []
     if values["data_dir"] is None:
-        errors.append("data_dir must be set (the dataset root)")
+        problems.append("data_dir must be set (the dataset root)")
     if values["warmup_epochs"] > values["epochs"]:
-        errors.append(f"warmup_epochs ({values['warmup_epochs']}) exceeds epochs ({values['epochs']})")
+        problems.append(f"warmup_epochs ({values['warmup_epochs']}) exceeds epochs ({values['epochs']})")
+    if values["mixup"] + values["cutmix"] > 0 and values["batch_size"] % 2:
+        problems.append(f"batch_size must be even when mixup/cutmix is on (they pair images), "
+                        f"got {values['batch_size']}")
+    if values["min_lr"] > values["lr"]:
+        problems.append(f"min_lr ({values['min_lr']}) exceeds lr ({values['lr']})")
+    policy = values["auto_augment"]
+    if policy is not None and not policy.startswith(("randaug", "autoaug", "3a", "trivialaugwide", "augmix")):
+        problems.append(f"auto_augment {policy!r} is not a mindcv policy (randaug-..., autoaug, 3a, "
+                        "trivialaugwide, augmix)")
+    return problems
+
+
+def _dataset_problems(values):
+    """The dataset's splits and hold-out: keys training and calibration use."""
+    problems = []
     if values["dataset"] in ("cifar10", "cifar100"):
         for key in ("train_split", "val_split"):
             if values[key] not in ("train", "test"):
-                errors.append(f"{key} must be train or test for {values['dataset']}, got {values[key]!r}")
+                problems.append(f"{key} must be train or test for {values['dataset']}, got {values[key]!r}")
     if values["holdout_per_class"] and values["dataset"] != "imagenet":
-        errors.append(f"holdout_per_class needs image folders (dataset: imagenet), got dataset {values['dataset']!r}")
-    if values["mixup"] + values["cutmix"] > 0 and values["batch_size"] % 2:
-        errors.append(f"batch_size must be even when mixup/cutmix is on (they pair images), "
-                      f"got {values['batch_size']}")
-    if values["min_lr"] > values["lr"]:
-        errors.append(f"min_lr ({values['min_lr']}) exceeds lr ({values['lr']})")
-    policy = values["auto_augment"]
-    if policy is not None and not policy.startswith(("randaug", "autoaug", "3a", "trivialaugwide", "augmix")):
-        errors.append(f"auto_augment {policy!r} is not a mindcv policy (randaug-..., autoaug, 3a, "
-                      "trivialaugwide, augmix)")
-    if values["patch_grids"] is not None and PRESETS[values["model"]]["family"] != "deit":
-        errors.append(f"patch_grids is for deit models; the token grids of {values['model']} follow from img_size "
-                      "(set patch_grids: null)")
+        problems.append(f"holdout_per_class needs image folders (dataset: imagenet), got dataset "
+                        f"{values['dataset']!r}")
+    return problems
+
+
+# The commands that read a run config, each with the cross-key checks of the keys it uses.
+_COMMAND_CHECKS = {
+    "train": (_training_problems, _dataset_problems),
+    "calibrate": (_dataset_problems,),
+    "export": (),
+}
+COMMANDS = tuple(_COMMAND_CHECKS)
+
+
+def _architecture(values, problems):
+    """The model's DVTConfig from the checked ``values``, or None with its problems added."""
+    name = values["model"]
+    if values["patch_grids"] is not None and build_config(name).family != "deit":
+        problems.append(f"patch_grids is for deit models; the token grids of {name} follow from img_size "
+                        "(set patch_grids: null)")
+        return None
     try:
-        architecture = build_config(values["model"], **model_overrides(values))
-    except (ValueError, TypeError) as error:
-        errors.append(f"model {values['model']!r}: {error}")
-    else:
-        names = values["class_names"]
-        if names is not None and len(names) != architecture.num_classes:
-            errors.append(f"class_names has {len(names)} names but the model has num_classes "
-                          f"{architecture.num_classes}")
-    return errors
+        architecture = build_config(name, **model_overrides(values))
+    except ConfigError as error:
+        problems.extend(f"model {name!r}: {problem}" for problem in getattr(error, "problems", [str(error)]))
+        return None
+    names = values["class_names"]
+    if names is not None and len(names) != architecture.num_classes:
+        problems.append(f"class_names has {len(names)} names but the model has num_classes "
+                        f"{architecture.num_classes}")
+    return architecture
 
 
 def model_overrides(config):
@@ -331,54 +239,45 @@ def model_overrides(config):
     return {key: values[key] for key in OVERRIDABLE_KEYS if values[key] is not None}
 
 
-def load_config(path=None, overrides=None):
-    """Validated ``TrainConfig`` from YAML file ``path`` (optional; a shipped config's name such as
-    ``configs/tiny_cpu.yaml`` works from any folder) and ``overrides`` (dict)."""
+def _read_yaml(path):
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must be a mapping of key: value, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(path=None, overrides=None, command="train"):
+    """Validated ``RunConfig`` from YAML file ``path`` (optional; a shipped config's name such as
+    ``configs/tiny_cpu.yaml`` works from any folder) and ``overrides`` (dict), for ``command`` (one
+    of ``COMMANDS``), whose cross-key checks it runs.
+
+    Raises one ``ConfigError`` listing every problem."""
+    if command not in _COMMAND_CHECKS:
+        raise ValueError(f"command must be one of {', '.join(COMMANDS)}, got {command!r}")
     path = config_path(path)
-    layers = []
-    if path is not None:
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f)
-        except OSError as error:
-            raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must be a mapping of key: value, got {type(loaded).__name__}")
-        layers.append((str(path), loaded))
+    layers = [(str(path), _read_yaml(path))] if path is not None else []
     if overrides:
         layers.append(("command line", dict(overrides)))
-
-    values = {option.name: option.default for option in SCHEMA}
-    errors = []
+    values, problems = {option.name: option.default for option in SCHEMA}, []
     for source, layer in layers:
-        for key, value in layer.items():
-            option = OPTIONS.get(key)
-            if option is None:
-                errors.append(_unknown_key_message(str(key), source))
-                continue
-            try:
-                values[key] = _validate_value(option, value)
-            except ValueError as error:
-                errors.append(f"{source}: {key} {error}")
-    if not errors:
-        errors = _cross_checks(values)
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-    return TrainConfig(**values)
-
-
-def _format_default(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return str(value)
+        values, layer_problems = check_fields(SCHEMA, layer, source, ALIASES, values=values,
+                                              unknown_hint="see `python -m dvt_ms.train --list_keys`")
+        problems += layer_problems
+    architecture = None
+    if not problems:
+        for check in _COMMAND_CHECKS[command]:
+            problems += check(values)
+        architecture = _architecture(values, problems)
+    raise_problems(problems, "invalid config")
+    return RunConfig(**values, arch=architecture)
 
 
 def schema_markdown():
@@ -391,7 +290,7 @@ def schema_markdown():
             lines.append(f"| **{section}** | | | |")
         kind = _KIND_NAMES.get(option.kind, option.kind) + (" or null" if option.nullable else "")
         default = "preset" if option.section == "model" and option.name in OVERRIDABLE_KEYS \
-            else _format_default(option.default)
+            else format_default(option.default)
         doc = option.doc
         if option.choices:
             doc += f" ({' / '.join(option.choices)})"

@@ -54,20 +54,20 @@ def _shown(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def config_for_checkpoint(config_path, checkpoint, overrides=None):
-    """``(config, run folder or None)`` for a command that evaluates or exports ``checkpoint``.
+def config_for_checkpoint(config_path, checkpoint, overrides=None, command="export"):
+    """``(config, run folder or None)`` for ``command`` (calibrate or export) of ``checkpoint``.
 
     When the checkpoint lies in a training run's folder, the run's recorded ``RECORDED_KEYS`` replace
     those of ``config_path`` (a warning names each that differed), and ``overrides`` apply last."""
     overrides = dict(overrides or {})
     folder = run_folder_of(checkpoint)
     if folder is None:
-        return load_config(config_path, overrides), None
+        return load_config(config_path, overrides, command), None
     recorded = {key: value for key, value in _recorded_values(folder).items() if key not in overrides}
-    given = load_config(config_path, overrides).as_dict()
+    given = load_config(config_path, overrides, command).as_dict()
     differing = [f"{key} {_shown(given[key])!r} -> {_shown(value)!r}" for key, value in recorded.items()
                  if _shown(given[key]) != _shown(value)]
     if differing:
         _logger.warning("%s was trained in %s: using what that run recorded instead of %s: %s", checkpoint, folder,
                         config_path, "; ".join(differing))
-    return load_config(config_path, {**recorded, **overrides}), folder
+    return load_config(config_path, {**recorded, **overrides}, command), folder

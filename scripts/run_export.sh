@@ -2,4 +2,4 @@
 # One MindIR per exit plus manifest.yaml: bash scripts/run_export.sh CONFIG --ckpt X.ckpt --out DIR [--thresholds T.yaml]
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
-exec python -m dvt_ms.export "$@"
+DVT_PROG="$0" exec python -m dvt_ms.export "$@"

@@ -2,4 +2,4 @@
 # Early-exit inference on MindIR: bash scripts/run_infer.sh --model DIR [--thresholds T.yaml | --budget GFLOPS] IMAGES_OR_FOLDER [--out FILE]
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
-exec python -m dvt_ms.deploy "$@"
+DVT_PROG="$0" exec python -m dvt_ms.deploy "$@"

@@ -61,7 +61,7 @@ done
 worker_num="${worker_num:-$((num_devices * num_nodes))}"
 
 if [ "$worker_num" -eq 1 ]; then
-  exec python -m dvt_ms.train "$config" ${overrides[@]+"${overrides[@]}"}
+  DVT_PROG="$0" exec python -m dvt_ms.train "$config" ${overrides[@]+"${overrides[@]}"}
 fi
 
 msrun_args=(--worker_num="$worker_num" --local_worker_num="$num_devices" --master_addr="$master_addr"

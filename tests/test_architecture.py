@@ -1,31 +1,33 @@
-"""The package tree follows the data flow, and imports run one way (docs/architecture.md).
+"""The package is built in layers along the data flow, and every import points down (docs/architecture.md).
 
-Each subpackage may import only the parts listed for it here; this table is the rule itself.
+The rule is the order of ``LAYERS`` alone: a module may import modules of its own layer or of a
+lower one, never of a higher one. Deployment sits low (it needs no model, training, calibration or
+export code); calibrate and export, which write what deployment reads, sit above it.
 """
 import ast
 import pathlib
+import sys
 
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dvt_ms"
-FOUNDATION = {"errors", "cli", "fileio", "imagefolder", "imagedecode", "shipped_configs", "plots", "device"}
-# part -> the parts (besides itself and the foundation) it may import
-ALLOWED = {
-    "models": set(),
-    "config": {"models"},
-    "convert": {"models"},
-    "data": set(),
-    "checkpoint": set(),
-    # what a training run recorded (its config.yaml), read by the commands that use its checkpoints
-    "runrecord": {"config", "models"},
-    "train": {"models", "config", "data", "checkpoint", "runrecord"},
-    "calibrate": {"models", "config", "data", "checkpoint", "runrecord"},
-    "export": {"models", "config", "checkpoint", "deploy", "runrecord"},
-    # the exit rule (numpy only) is shared with calibration; nothing else of training, data or mindcv
-    "deploy": {"calibrate.search"},
-    "demo": set(),
-}
-DATA_FLOW = ["models", "convert", "train", "calibrate", "export", "deploy"]
+CONTRACT = "contract"   # the calibrate/export/deploy contract: exit rule, preprocessing, manifest and thresholds
+LAYERS = [   # lowest first; a part is a subpackage or a top-level module ("dvt_ms" is the package's __init__)
+    {"dvt_ms", "errors", "schema", "fileio", "cli", "imagefolder", "imagedecode", "shipped_configs", "plots",
+     "device"},
+    {CONTRACT},
+    {"deploy"},
+    {"models", "data", "checkpoint"},
+    {"config", "convert", "runrecord"},   # runrecord: what a training run recorded, read by later commands
+    {"train"},
+    {"calibrate"},
+    {"export"},
+    {"demo", "devicecheck"},   # tools over the whole flow (the device self-check); nothing imports them
+]
+LAYER = {part: floor for floor, parts in enumerate(LAYERS) for part in parts}
+# What deployment may never need, not even through another module.
+NOT_FOR_DEPLOYMENT = {"models", "data", "checkpoint", "config", "convert", "runrecord", "train", "calibrate",
+                      "export", "demo"}
 
 
 def _modules():
@@ -68,35 +70,48 @@ def _part(module):
     return parts[1] if len(parts) > 1 else "dvt_ms"
 
 
-def test_every_module_belongs_to_a_known_part():
-    unknown = {module for module, _ in _modules() if _part(module) not in set(ALLOWED) | FOUNDATION | {"dvt_ms"}}
-    assert not unknown, f"modules outside the documented layout: {sorted(unknown)}"
+def test_every_module_belongs_to_a_layer():
+    unknown = {module for module, _ in _modules() if _part(module) not in LAYER}
+    assert not unknown, f"modules in no layer (add them to LAYERS): {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("part", sorted(ALLOWED))
-def test_part_imports_only_what_comes_before_it_in_the_data_flow(part):
-    allowed = ALLOWED[part] | FOUNDATION | {part}
-    violations = []
-    for module, path in _modules():
-        if _part(module) != part:
-            continue
-        for target in _imports(module, path):
-            name = target.split(".", 1)[1] if "." in target else target
-            if not any(name == a or name.startswith(a + ".") for a in allowed):
-                violations.append(f"{module} imports {target}")
+def _upward_imports(part):
+    return [f"{module} (layer {LAYER[part]}) imports {target} (layer {LAYER[_part(target)]})"
+            for module, path in _modules() if _part(module) == part
+            for target in _imports(module, path) if LAYER[_part(target)] > LAYER[part]]
+
+
+@pytest.mark.parametrize("part", sorted(LAYER))
+def test_every_import_points_to_the_same_or_a_lower_layer(part):
+    if part == "deploy" and not (PACKAGE / CONTRACT).exists():
+        pytest.xfail("deploy still takes the exit rule from calibrate.search until the contract module exists")
+    violations = _upward_imports(part)
     assert not violations, "\n".join(violations)
 
 
-def test_foundation_imports_no_subpackage():
-    violations = [f"{module} imports {target}" for module, path in _modules() if _part(module) in FOUNDATION
-                  for target in _imports(module, path) if _part(target) not in FOUNDATION]
-    assert not violations, "\n".join(violations)
+def _closure(modules):
+    graph = {module: _imports(module, path) for module, path in _modules()}
+    seen, todo = set(), list(modules)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph.get(module, ()))
+    return seen
 
 
-def test_model_and_deployment_import_nothing_of_training():
-    for module, path in _modules():
-        if _part(module) in ("models", "deploy"):
-            assert not {t for t in _imports(module, path) if _part(t) == "train"}, module
+def test_deployment_needs_nothing_of_the_model_training_calibration_or_export():
+    deployment = [module for module, _ in _modules() if _part(module) in ("deploy", CONTRACT)]
+    needed = {_part(module) for module in _closure(deployment)}
+    if not (PACKAGE / CONTRACT).exists():
+        needed -= {"calibrate"}   # see the xfail above: calibrate.search's exit rule moves to the contract
+    assert not needed & NOT_FOR_DEPLOYMENT, sorted(needed & NOT_FOR_DEPLOYMENT)
+
+
+def test_the_model_needs_nothing_of_training_calibration_export_or_deployment():
+    models = [module for module, _ in _modules() if _part(module) == "models"]
+    needed = {_part(module) for module in _closure(models)}
+    assert not needed & {"train", "calibrate", "export", "deploy", CONTRACT, "config", "data"}, needed
 
 
 def test_no_import_cycles():
@@ -116,9 +131,14 @@ def test_no_import_cycles():
         visit(module, [])
 
 
-def test_the_data_flow_is_the_package_tree():
-    """Each stage of the data flow is a subpackage, and none imports a later one."""
-    for index, part in enumerate(DATA_FLOW):
-        assert (PACKAGE / part / "__init__.py").is_file(), part
-        later = set(DATA_FLOW[index + 1:]) - ({"deploy"} if part == "export" else set())
-        assert not ALLOWED[part] & later, (part, ALLOWED[part] & later)
+def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
+    """The checker itself: a model module importing the trainer is reported."""
+    fake = tmp_path / "dvt_ms"
+    for part in ("models", "train"):
+        (fake / part).mkdir(parents=True)
+        (fake / part / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "train" / "trainer.py").write_text("X = 1\n")
+    (fake / "models" / "cascade.py").write_text("from ..train.trainer import X\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert _upward_imports("models") == ["dvt_ms.models.cascade (layer 3) imports dvt_ms.train.trainer (layer 5)"]

@@ -24,18 +24,6 @@ def test_every_shipped_config_is_valid():
         load_config(path)
 
 
-def test_published_recipe_values():
-    t2t12 = load_config(CONFIGS[0].parent / "dvt_t2t_vit_12_imagenet.yaml")
-    assert (t2t12.lr, t2t12.weight_decay, t2t12.batch_size) == (2e-3, 0.03, 128)
-    deit = load_config(CONFIGS[0].parent / "dvt_deit_small_imagenet.yaml")
-    assert (deit.lr, deit.weight_decay, deit.batch_size) == (5e-4, 0.05, 64)
-    for config in (t2t12, deit):
-        assert (config.epochs, config.warmup_epochs, config.cooldown_epochs) == (300, 20, 10)
-        assert (config.warmup_lr, config.min_lr, config.drop_path_rate, config.ema_decay) == (1e-6, 1e-5, 0.1, 0.99996)
-        assert (config.mixup, config.cutmix, config.label_smoothing, config.re_prob) == (0.8, 1.0, 0.1, 0.25)
-        assert config.auto_augment == "randaug-m9-mstd0.5-inc1"
-
-
 def test_defaults_and_overrides():
     config = load_config(overrides={**REQUIRED, "lr": "1e-3", "patch_grids": [4, 6, 8], "model": "dvt_deit_small"})
     assert config.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string; it is still a number
@@ -87,6 +75,32 @@ def test_bad_values_name_key_and_value(overrides, expected):
 def test_data_dir_is_required():
     with pytest.raises(ConfigError, match="data_dir must be set"):
         load_config(overrides={})
+
+
+@pytest.mark.parametrize("command", ["export", "calibrate"])
+def test_export_and_calibrate_check_only_the_keys_they_use(command):
+    """No dataset root, training schedule or mixup batch rule for a command that does not train."""
+    config = load_config(overrides={"batch_size": 63, "warmup_epochs": 400, "min_lr": 1.0}, command=command)
+    assert config.data_dir is None and config.batch_size == 63
+    message = _error({"batch_size": 63, "warmup_epochs": 400, "min_lr": 1.0, "data_dir": None})
+    for rule in ("data_dir must be set", "batch_size must be even", "warmup_epochs (400) exceeds epochs",
+                 "min_lr (1.0) exceeds lr"):
+        assert rule in message
+
+
+@pytest.mark.parametrize("command", ["train", "calibrate", "export"])
+def test_every_command_refuses_an_impossible_model(command):
+    with pytest.raises(ConfigError, match="embed_dim 100 is not divisible by num_heads 6"):
+        load_config(overrides={**REQUIRED, "model": "dvt_deit_small", "embed_dim": 100}, command=command)
+
+
+def test_the_config_carries_its_model_built_once_from_the_preset_and_the_model_keys():
+    config = load_config(overrides={**REQUIRED, "model": "dvt_deit_small", "embed_dim": 32, "num_heads": 2,
+                                    "patch_grids": [2, 4, 8], "img_size": 32})
+    assert config.arch == build_config("dvt_deit_small", embed_dim=32, num_heads=2, patch_grids=(2, 4, 8),
+                                       img_size=32)
+    assert config.arch.depth == build_config("dvt_deit_small").depth   # unset keys keep the preset's value
+    assert "arch" not in config.as_dict() and load_config(overrides=config.as_dict()).arch == config.arch
 
 
 def test_all_errors_reported_at_once():

@@ -8,6 +8,7 @@ from PIL import Image
 
 from dvt_ms.demo import dataset as demo_data
 from dvt_ms.demo.dataset import CLASS_NAMES, DatasetMismatchError, generate_image, write_dataset
+from dvt_ms.errors import ConfigError
 
 SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, image_size=32)
 
@@ -231,3 +232,13 @@ def test_lower_placement_exponent_moves_objects_off_centre_sooner():
     assert _mean_offset_from_centre(early, 0.25) > 1.3 * _mean_offset_from_centre(linear, 0.25)
     # both reach the whole frame at difficulty 1
     assert _mean_offset_from_centre(early, 1.0) == pytest.approx(_mean_offset_from_centre(linear, 1.0))
+
+
+def test_bad_dataset_parameters_are_all_named_at_once_with_the_nearest_name(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        write_dataset(tmp_path / "demo", num_classes=0, image_size=4, train_per_class=-1, val_per_clas=3)
+    message = str(raised.value)
+    for expected in ("num_classes must be >= 1, got 0", "image_size must be >= 8, got 4",
+                     "train_per_class must be >= 0, got -1", "unknown key 'val_per_clas'; did you mean 'val_per_class'?"):
+        assert expected in message
+    assert not (tmp_path / "demo").exists()

@@ -12,7 +12,7 @@ from mindspore.train import mind_ir_pb2   # MindSpore's MindIR protobuf: the gra
 
 import dvt_ms
 from dvt_ms.export.writer import export_model
-from dvt_ms.models.presets import PRESETS
+from dvt_ms.models.presets import build_config, list_presets
 from dvt_ms.train.step import ExitLosses, TrainStep
 from helpers import GOLDEN_MODELS, as_overrides, converted_golden_model, losses_by_step, run_script
 
@@ -31,7 +31,7 @@ REDUCED_FAMILY = {"t2t": dict(token_dim=16), "deit": dict(patch_grids=[2, 4, 8])
 
 
 def reduced_preset(name):
-    return dvt_ms.create_model(name, **REDUCED, **REDUCED_FAMILY[PRESETS[name]["family"]])
+    return dvt_ms.create_model(name, **REDUCED, **REDUCED_FAMILY[build_config(name).family])
 
 
 def golden_images(golden_dir, family):
@@ -126,7 +126,8 @@ def test_float16_export_keeps_the_float32_islands(golden_dir, converted_dir, tmp
         reused = tuple(outputs[1:])
 
 
-PRECISION_CASES = [(name, level, dtype) for name in sorted(PRESETS) for level in ("O2", "O3")
+# The published presets cover both families (the demo and tiny presets are deit ones).
+PRECISION_CASES = [(name, level, dtype) for name in list_presets(published=True) for level in ("O2", "O3")
                    for dtype in ("float16", "bfloat16")]
 
 
@@ -164,7 +165,9 @@ def test_reported_t2t_command_trains_at_O2(tmp_path, make_class_folders):
     """Issue 12's command: a T2T model on 224 px images with the Ascend/GPU level forced on the CPU."""
     make_class_folders(tmp_path / "data" / "train", 4, per_class=2)
     make_class_folders(tmp_path / "data" / "val", 4, per_class=1, seed=1)
-    settings = dict(model="dvt_t2t_vit_12", patch_grids=None, token_dim=16, img_size=224, num_classes=4,
+    # configs/tiny_cpu.yaml's width and depth (its preset, dvt_tiny, is a deit one)
+    settings = dict(model="dvt_t2t_vit_12", embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                    patch_grids=None, token_dim=16, img_size=224, num_classes=4,
                     batch_size=4, num_workers=1, amp_level="O2", max_steps=2, log_every_steps=1,
                     progress_bar="never", data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "out"))
     result = run_script("configs/tiny_cpu.yaml", *as_overrides(settings), timeout=600)

@@ -12,7 +12,6 @@ exists); otherwise the default is the training split, i.e. images the model was 
 authors calibrate); any other name is that split of the dataset. --calib_size draws that many of
 them by the config's seed (default: 5000 of the training split, all of any other source).
 """
-import argparse
 import logging
 import os
 import sys
@@ -95,12 +94,11 @@ def _scores(model, config, split, img_size, description):
 
 def _run(args):
     from ..checkpoint import load_model_weights
-    from ..config import model_overrides
     from ..data import ImageCheck, open_dataset
     from ..device import use_device
     from ..errors import ConfigError, DataError
     from ..fileio import prepare_staged_directory
-    from ..models import create_model
+    from ..models import DVT
     from ..models.flops import model_flops
     from ..runrecord import config_for_checkpoint
     from . import search
@@ -109,7 +107,7 @@ def _run(args):
     overrides = cli.parse_overrides(args.overrides)
     if args.data:
         overrides["data_dir"] = args.data
-    config, run_dir = config_for_checkpoint(args.config, args.ckpt, overrides)
+    config, run_dir = config_for_checkpoint(args.config, args.ckpt, overrides, command="calibrate")
     run_dir = run_dir or config.output_dir   # the checkpoint's run, else the config's
     if not config.data_dir:
         raise ConfigError("no dataset: pass --data DIR or set data_dir")
@@ -121,7 +119,7 @@ def _run(args):
     val_data = open_dataset(config, config.val_split, calib_data.class_names or class_names,
                             ImageCheck(cache, check=config.verify_images), reference=reference)
     use_device(config.device_target)
-    model = create_model(config.model, **model_overrides(config))
+    model = DVT(config.arch)
     for data in (calib_data, val_data):
         if data.num_classes != model.config.num_classes:
             raise DataError(f"{data.name} has {data.num_classes} classes, the model {model.config.num_classes}")
@@ -147,8 +145,7 @@ def _run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="run_eval.sh", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = cli.argument_parser("dvt_ms.calibrate", __doc__)
     parser.add_argument("config", help="YAML config (its data keys are used; when --ckpt lies in a training "
                         "run's folder, the model, class names and preprocessing come from that run's config.yaml)")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")

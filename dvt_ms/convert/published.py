@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CheckpointFormatError, ConversionError
 from ..fileio import atomic_write, atomic_write_text, check_output_file
-from ..models.presets import PRESETS, build_config
+from ..models.presets import build_config, list_presets
 from .torch_pickle import load_torch_checkpoint
 
 __all__ = ["PUBLISHED_STAGE_PREFIXES", "torch_to_mindspore_name", "convert_state_dict",
@@ -56,8 +56,8 @@ def guess_published_model(torch_state):
     cls_token = torch_state.get(f"{last}.cls_token")
     width = int(np.shape(cls_token)[-1]) if cls_token is not None else None
     depth = len({key.split(".")[2] for key in torch_state if key.startswith(f"{last}.blocks.")})
-    presets = [name for name, preset in sorted(PRESETS.items())
-               if preset["family"] == family and (preset["embed_dim"], preset["depth"]) == (width, depth)]
+    presets = [name for name in _family_presets(family)
+               if (build_config(name).embed_dim, build_config(name).depth) == (width, depth)]
     return family, (presets[0] if presets else None)
 
 
@@ -119,7 +119,8 @@ def convert_state_dict(torch_state, model_shapes, source="checkpoint"):
 
 
 def _family_presets(family):
-    return [name for name, preset in sorted(PRESETS.items()) if preset["family"] == family]
+    """The presets of ``family`` the authors published checkpoints for."""
+    return [name for name in list_presets(published=True) if build_config(name).family == family]
 
 
 def model_parameter_shapes(model):
@@ -170,8 +171,9 @@ def convert_checkpoint(src, dst, model_name, overrides=None):
         arrays = convert_state_dict(state, model_parameter_shapes(model), source=str(src))
     except ConversionError as error:
         if preset is not None and preset != model_name and not overrides:
+            published = build_config(preset)
             raise ConversionError(f"{src} looks like a {preset} checkpoint (width "
-                                  f"{PRESETS[preset]['embed_dim']}, {PRESETS[preset]['depth']} blocks per exit): try "
+                                  f"{published.embed_dim}, {published.depth} blocks per exit): try "
                                   f"--model {preset}\n{error}") from None
         raise
     results = _published_results(checkpoint, model_name, overrides)

@@ -34,7 +34,6 @@ ordinary folder loaders read it. Command line::
     python -m dvt_ms.demo.dataset ROOT [--train_per_class N] [--val_per_class N] [--calib_per_class N]
                                        [--image_size S] [--seed S] [--num_classes N]
 """
-import argparse
 import colorsys
 import dataclasses
 import json
@@ -50,12 +49,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import cli
-from ..errors import ConfigError, DVTError
+from ..errors import DVTError
 from ..fileio import apply_umask_modes
+from ..schema import Field, check_fields, raise_problems
 
 __all__ = [
     "CLASS_NAMES", "DEFAULT_PROFILE", "DatasetMismatchError", "DifficultyProfile", "generate_image",
-    "generate_sample", "write_dataset", "read_manifest",
+    "generate_sample", "PARAMETERS", "write_dataset", "read_manifest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -415,13 +415,25 @@ def read_manifest(root):
         return json.load(f)
 
 
-def _check_parameters(num_classes, train_per_class, val_per_class, calib_per_class, image_size):
-    if not 1 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
-    if min(train_per_class, val_per_class, calib_per_class) < 0:
-        raise ValueError("image counts per class must not be negative")
-    if image_size < 8:
-        raise ValueError(f"image_size must be at least 8, got {image_size}")
+# The dataset's parameters: what write_dataset and the command line take, checked in one place.
+PARAMETERS = (
+    Field("num_classes", "int", len(CLASS_NAMES), f"classes: the first N of the {len(CLASS_NAMES)} shapes",
+          minimum=1, maximum=len(CLASS_NAMES)),
+    Field("train_per_class", "int", 300, "training images per class", minimum=0),
+    Field("val_per_class", "int", 75, "validation images per class", minimum=0),
+    Field("calib_per_class", "int", 0, "images per class of a held-out calib/ split for threshold calibration",
+          minimum=0),
+    Field("image_size", "int", 64, "image side in pixels", minimum=8),
+    Field("seed", "int", 0, "seed of every image", minimum=0),
+)
+
+
+def _check_parameters(parameters):
+    """``parameters`` with defaults filled in, or one ``ConfigError`` (a ``ValueError``) naming every
+    bad one."""
+    values, problems = check_fields(PARAMETERS, parameters)
+    raise_problems(problems, "demo dataset")
+    return values
 
 
 def _write_split(directory, split, manifest, profile, difficulties):
@@ -470,19 +482,20 @@ def _reuse_existing(root, manifest):
     return existing
 
 
-def write_dataset(root, num_classes=len(CLASS_NAMES), train_per_class=300, val_per_class=75,
-                  image_size=64, seed=0, calib_per_class=0, profile=DEFAULT_PROFILE):
+def write_dataset(root, profile=DEFAULT_PROFILE, **parameters):
     """Write the dataset to ``root`` (or reuse it if already there) and return its manifest.
 
-    Layout: ``root/{train,val[,calib]}/<class_name>/<class_name>_NNNNN.png``, ``root/difficulty.json``
+    ``parameters`` are those of ``PARAMETERS`` (num_classes, train_per_class, val_per_class,
+    calib_per_class, image_size, seed); the others take their defaults. Layout:
+    ``root/{train,val[,calib]}/<class_name>/<class_name>_NNNNN.png``, ``root/difficulty.json``
     (relative path -> difficulty) and ``root/dataset.json`` (the manifest). The dataset is built
     in a hidden temporary sibling directory and renamed into place, so ``root`` is either absent
     or complete. Raises ``DatasetMismatchError`` if ``root`` holds anything else.
     """
-    _check_parameters(num_classes, train_per_class, val_per_class, calib_per_class, image_size)
+    values = _check_parameters(parameters)
     root = pathlib.Path(root)
-    manifest = _manifest(num_classes, train_per_class, val_per_class, calib_per_class, image_size, seed,
-                         profile)
+    manifest = _manifest(values["num_classes"], values["train_per_class"], values["val_per_class"],
+                         values["calib_per_class"], values["image_size"], values["seed"], profile)
     existing = _reuse_existing(root, manifest)
     if existing is not None:
         logger.info("reusing demo dataset at %s", root)
@@ -511,26 +524,15 @@ def write_dataset(root, num_classes=len(CLASS_NAMES), train_per_class=300, val_p
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m dvt_ms.demo.dataset", description=__doc__.split("\n", 1)[0])
+    parser = cli.argument_parser("dvt_ms.demo.dataset", __doc__, paragraphs=1)
     parser.add_argument("root", help="dataset directory to create (or reuse)")
-    parser.add_argument("--num_classes", type=int, default=len(CLASS_NAMES))
-    parser.add_argument("--train_per_class", type=int, default=300)
-    parser.add_argument("--val_per_class", type=int, default=75)
-    parser.add_argument("--calib_per_class", type=int, default=0,
-                        help="also write a held-out calib/ split for threshold calibration")
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    for field in PARAMETERS:
+        parser.add_argument(f"--{field.name}", type=int, default=field.default, help=field.doc)
     args = parser.parse_args(argv)
     cli.setup_logging()
 
     def write():
-        try:
-            write_dataset(args.root, num_classes=args.num_classes,
-                          train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-                          calib_per_class=args.calib_per_class, image_size=args.image_size, seed=args.seed)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        write_dataset(args.root, **{field.name: getattr(args, field.name) for field in PARAMETERS})
 
     return cli.run(write)
 

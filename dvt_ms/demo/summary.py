@@ -13,7 +13,6 @@ validation images per exit: the images that exit answered at the headline budget
 The headline budget is the cheapest engine run whose accuracy is within ``ACCURACY_TOLERANCE``
 points of the last exit alone: DVT's claim is the last exit's accuracy at a fraction of its cost.
 """
-import argparse
 import json
 import logging
 import os
@@ -186,7 +185,7 @@ def summarize(eval_dir, infer_runs, out_dir, data_dir=None, seconds=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m dvt_ms.demo", description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("dvt_ms.demo", __doc__, paragraphs=1)
     commands = parser.add_subparsers(dest="command", required=True)
     budgets = commands.add_parser("budgets", help="print the budgets (GFLOPs per image) the demo runs at")
     budgets.add_argument("--eval", required=True, help="report directory of run_eval.sh")

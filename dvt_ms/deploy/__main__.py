@@ -5,7 +5,6 @@
 Needs MindSpore, numpy, Pillow and PyYAML only: the exported graphs and manifest.yaml say
 everything (the model code, mindcv and the training stack are never imported).
 """
-import argparse
 import json
 import logging
 import math
@@ -74,7 +73,7 @@ def _run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="run_infer.sh", description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("dvt_ms.deploy", __doc__)
     parser.add_argument("--model", required=True, help="directory written by run_export.sh")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--thresholds", help="thresholds YAML from run_eval.sh (default: the manifest's)")

@@ -7,7 +7,6 @@ tensors exit k+1 needs, all with a dynamic batch dimension, so an engine can pas
 images that did not exit. The manifest says how to preprocess, what each graph takes and gives,
 each exit's GFLOPs and, when given, the calibrated thresholds.
 """
-import argparse
 import logging
 import os
 import sys
@@ -43,24 +42,23 @@ def _class_names(config, num_classes, run_dir):
 
 def _run(args):
     from ..checkpoint import load_model_weights
-    from ..config import model_overrides
     from ..deploy.manifest import check_thresholds_fit, read_thresholds
     from ..deploy.preprocess import resize_for_crop
     from ..device import use_device
     from ..fileio import prepare_staged_directory
-    from ..models import build_config, create_model
+    from ..models import DVT
     from ..runrecord import config_for_checkpoint
     from .writer import EXPORT_FOLDER, IMAGENET_MEAN, IMAGENET_STD, export_model
 
-    config, run_dir = config_for_checkpoint(args.config, args.ckpt, cli.parse_overrides(args.overrides))
+    config, run_dir = config_for_checkpoint(args.config, args.ckpt, cli.parse_overrides(args.overrides),
+                                            command="export")
     prepare_staged_directory(args.out, EXPORT_FOLDER, args.overwrite)
     thresholds = None
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
-        check_thresholds_fit(thresholds, config.model,
-                             build_config(config.model, **model_overrides(config)).num_exits, args.thresholds)
+        check_thresholds_fit(thresholds, config.model, config.arch.num_exits, args.thresholds)
     use_device(config.device_target)
-    model = create_model(config.model, **model_overrides(config))
+    model = DVT(config.arch)
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
     preprocess = {"img_size": model.config.img_size, "crop_pct": config.crop_pct,
                   "resize": resize_for_crop(model.config.img_size, config.crop_pct),
@@ -73,7 +71,7 @@ def _run(args):
 def main(argv=None):
     from .writer import PRECISIONS
 
-    parser = argparse.ArgumentParser(prog="run_export.sh", description=__doc__.split("\n\n")[0])
+    parser = cli.argument_parser("dvt_ms.export", __doc__)
     parser.add_argument("config", help="YAML config of the model (when --ckpt lies in a training run's folder, "
                         "the model, class names and preprocessing come from that run's config.yaml)")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")

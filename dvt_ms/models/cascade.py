@@ -2,10 +2,10 @@
 from mindspore import nn
 from mindcv.models.registry import register_model
 
-from .presets import build_config
+from .presets import build_config, list_presets
 from .stage import DVTStage
 
-__all__ = ["DVT", "create_model", "dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small"]
+__all__ = ["DVT", "create_model"]
 
 
 class DVT(nn.Cell):
@@ -34,30 +34,23 @@ class DVT(nn.Cell):
 
 
 def create_model(name, **overrides):
-    """Build preset ``name`` with architecture ``overrides`` (any ``DVTConfig`` field)."""
+    """Build preset ``name`` with architecture ``overrides`` (any ``DVTConfig`` field but ``family``)."""
     return DVT(build_config(name, **overrides))
 
 
-def _from_mindcv(name, pretrained, num_classes, in_channels, overrides):
-    """mindcv.create_model entry: it always passes pretrained/num_classes/in_channels."""
-    if pretrained:
-        raise ValueError(f"{name}: no download here; convert the published checkpoint with "
-                         "`python -m dvt_ms.convert` and pass checkpoint_path=... instead")
-    if in_channels != 3:
-        raise ValueError(f"{name}: DVT takes RGB images (in_channels=3), got in_channels={in_channels}")
-    return create_model(name, num_classes=num_classes, **overrides)
+def _mindcv_entry(name):
+    """mindcv.create_model's entry for preset ``name``: it always passes pretrained, num_classes
+    (1000 unless told) and in_channels."""
+    def entry(pretrained=False, num_classes=1000, in_channels=3, **overrides):
+        if pretrained:
+            raise ValueError(f"{name}: no download here; convert the published checkpoint with "
+                             "`python -m dvt_ms.convert` and pass checkpoint_path=... instead")
+        if in_channels != 3:
+            raise ValueError(f"{name}: DVT takes RGB images (in_channels=3), got in_channels={in_channels}")
+        return create_model(name, num_classes=num_classes, **overrides)
+    entry.__name__ = entry.__qualname__ = name
+    return entry
 
 
-@register_model
-def dvt_t2t_vit_12(pretrained=False, num_classes=1000, in_channels=3, **overrides):
-    return _from_mindcv("dvt_t2t_vit_12", pretrained, num_classes, in_channels, overrides)
-
-
-@register_model
-def dvt_t2t_vit_14(pretrained=False, num_classes=1000, in_channels=3, **overrides):
-    return _from_mindcv("dvt_t2t_vit_14", pretrained, num_classes, in_channels, overrides)
-
-
-@register_model
-def dvt_deit_small(pretrained=False, num_classes=1000, in_channels=3, **overrides):
-    return _from_mindcv("dvt_deit_small", pretrained, num_classes, in_channels, overrides)
+for _name in list_presets():   # every preset is a mindcv model too
+    register_model(_mindcv_entry(_name))

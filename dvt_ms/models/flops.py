@@ -11,10 +11,17 @@ papers. Counted, for one 224x224 image (batch 1):
 * attention products: ``q kᵀ`` and ``softmax(a) v`` (each ``heads * N * N * head_dim``);
 * Performer products: the random-feature projections ``t wᵀ`` of k and q, ``kptv = vᵀ kp``,
   ``qp kptv`` and the denominator ``qp · Σ kp``;
-* reuse resampling, done as the separable linear map ``X -> M X Mᵀ`` with ``M`` of shape
+* reuse resampling, counted as the separable map ``X -> M X Mᵀ`` with ``M`` of shape
   ``(g, g_prev)``: ``g g_prev² + g² g_prev`` MACs per resampled grid. Relations are resampled on
   the key axis for each of the ``1 + n_prev`` query rows, then on the query axis for each of the
   ``1 + n`` key columns, per head·layer channel; features once per 48 channels per block.
+  The Cells do not run it that way: ``models/resample.py`` applies the same map as one product
+  with the Kronecker matrix ``M ⊗ M`` (``g² g_prev²`` MACs per grid; ``diag(1, M ⊗ M)`` on both
+  token axes of the relations), which is faster on every device at these grid sizes. We count the
+  separable cost because it is the arithmetic the map needs, whatever the kernel: the same
+  number for any implementation, as the rest of this count (the exit costs calibration and the
+  budgets are matched on). The dense product executes more: on DeiT-S's last stage about 0.36
+  GMACs more relation resampling (measured time is what ``benchmarks/`` report).
 
 Not counted (the usual convention): LayerNorm, softmax, GELU, the Performer's ``exp`` and
 ``|t|²/2``, biases, residual/position-embedding/relation adds, divisions, concatenations and the
@@ -26,15 +33,15 @@ previous feature, as the published code runs it before dropping the class token.
 
 ``exit_index`` is 0-based everywhere (0 is exit 1), as in ``DVTConfig.exits``.
 
-CLI: ``python -m dvt_ms.models.flops --model NAME [key=value ...] [--json]``.
+CLI: ``dvt-flops --model NAME [key=value ...] [--json]``; ``dvt-flops --list`` lists the presets.
 """
-import argparse
 import json
 import operator
 import sys
 
 from .. import cli
-from .presets import FEATURE_REUSE_DIM, FEATURE_REUSE_HIDDEN, PRESETS, build_config
+from ..errors import ConfigError
+from .presets import FEATURE_REUSE_DIM, FEATURE_REUSE_HIDDEN, build_config, list_presets
 
 __all__ = ["BREAKDOWN_KEYS", "REUSE_KEYS", "stage_flops", "model_flops", "main"]
 
@@ -170,7 +177,30 @@ def _format_table(name, config, exits):
     return "\n".join(lines)
 
 
+_DESCRIPTION = """Analytic GFLOPs (multiply-accumulates) of each exit of a DVT cascade, from its config alone.
+
+--list prints every registered preset: its architecture and the cost of each exit."""
+
+
+def _preset_table():
+    lines = [f"{'preset':<16} {'family':<6} {'D':>4} {'depth':>5} {'heads':>5} {'img':>4} {'grids':<12} "
+             f"{'classes':>7} {'GFLOPs per exit (cumulative)':<30} published"]
+    for name in list_presets():
+        config = build_config(name)
+        costs = " / ".join(f"{e['cumulative_gflops']:.3g}" for e in model_flops(config))
+        grids = "/".join(str(g) for g in config.grids)
+        lines.append(f"{name:<16} {config.family:<6} {config.embed_dim:>4} {config.depth:>5} {config.num_heads:>5} "
+                     f"{config.img_size:>4} {grids:<12} {config.num_classes:>7} {costs:<30} "
+                     f"{'yes' if name in list_presets(published=True) else 'no'}")
+    return "\n".join(lines)
+
+
 def _run(args):
+    if args.list:
+        print(_preset_table())
+        return
+    if args.model is None:
+        raise ConfigError("--model NAME is required (--list lists the presets)")
     config = build_config(args.model, **cli.parse_overrides(args.overrides))
     exits = model_flops(config)
     if args.json:
@@ -181,10 +211,9 @@ def _run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m dvt_ms.models.flops",
-        description="Analytic GFLOPs (multiply-accumulates) of each exit of a DVT cascade.")
-    parser.add_argument("--model", required=True, choices=sorted(PRESETS), help="preset name")
+    parser = cli.argument_parser("dvt_ms.models.flops", _DESCRIPTION)
+    parser.add_argument("--model", choices=list_presets(), help="preset name")
+    parser.add_argument("--list", action="store_true", help="list the presets and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="architecture override, value read as YAML (e.g. num_classes=10 "
                              "feature_reuse=false patch_grids=[4,6,8])")

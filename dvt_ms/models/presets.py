@@ -1,19 +1,24 @@
-"""The DVT model family's facts: one config class, the published presets, each exit's geometry.
+"""The DVT model family's facts: one config class, the preset registry, each exit's geometry.
 
-Every fact about a preset lives in ``PRESETS``; the registry (``cascade.py``), the converter, the
-FLOPs counter and the tests read it from here. ``DVTConfig.exits`` computes each exit's geometry
-(token grid, the previous exit's grid, the tokenizer's splits, which reuse paths it has) once;
-every module takes it from there. See docs/model.md.
+A preset is a tiny function over ``DVTConfig`` registered by name (``register_preset``, as timm
+registers its models): the three published architectures and the demo's and CPU-sized ones.
+mindcv's registry (``cascade.py``), the converter, the FLOPs counter, the run config and the
+tests read presets from here (``PRESETS``, ``list_presets``). ``DVTConfig.exits`` computes each
+exit's geometry (token grid, the previous exit's grid, the tokenizer's splits, which reuse paths it
+has) once; every module takes it from there. See docs/model.md.
 """
 import dataclasses
+import types
 from typing import Optional, Tuple
 
 from ..errors import ConfigError
+from ..schema import Field, check_fields, raise_problems, suggest_key
 
 __all__ = [
-    "DVTConfig", "ExitGeometry", "PRESETS", "PRESET_STATE_DICT_ELEMENTS", "T2T_SOFT_SPLITS",
-    "T2T_LATER_SPLIT", "OVERRIDABLE_KEYS", "FIELD_TYPES", "FEATURE_REUSE_HIDDEN", "FEATURE_REUSE_DIM",
+    "DVTConfig", "ExitGeometry", "MODEL_FIELDS", "PRESETS", "T2T_SOFT_SPLITS", "T2T_LATER_SPLIT",
+    "OVERRIDABLE_KEYS", "FEATURE_REUSE_HIDDEN", "FEATURE_REUSE_DIM", "register_preset", "list_presets",
     "build_config", "patch_geometry", "conv_output_size",
+    "dvt_t2t_vit_12", "dvt_t2t_vit_14", "dvt_deit_small", "dvt_demo", "dvt_tiny",
 ]
 
 # First soft split (kernel, stride, padding) of each T2T exit; the two later splits are (3, 2, 1).
@@ -98,11 +103,39 @@ def _split_grids(img_size, splits):
     return tuple(grids)
 
 
+# The fields of ``DVTConfig`` as schema fields: type, allowed values and doc line, written once.
+# The run config's model keys are these (``dvt_ms.config``); ``DVTConfig`` checks itself with them.
+MODEL_FIELDS = (
+    Field("family", "str", doc="t2t (Tokens-to-Token + Performer) or deit (patch convolution)",
+          choices=("t2t", "deit")),
+    Field("embed_dim", "int", doc="token width D", minimum=1),
+    Field("depth", "int", doc="transformer blocks per exit", minimum=1),
+    Field("num_heads", "int", doc="attention heads", minimum=1),
+    Field("mlp_ratio", "float", doc="MLP hidden width / D", minimum=0.0),
+    Field("qkv_bias", "bool", doc="bias in the qkv projection"),
+    Field("layernorm_eps", "float", doc="LayerNorm epsilon", minimum=0.0),
+    Field("num_classes", "int", 1000, doc="classes; must match the dataset (heads are re-initialised when it "
+          "differs from `pretrained`)", minimum=1),
+    Field("img_size", "int", 224, doc="input resolution (train crop and eval crop)", minimum=1),
+    Field("patch_grids", "ints", (7, 10, 14), doc="deit only: token grid side of each exit, e.g. [7, 10, 14]"),
+    Field("token_dim", "int", 64, doc="t2t only: width of the Tokens-to-Token Performers", minimum=1),
+    Field("feature_reuse", "bool", True, doc="exits > 1 reuse the previous exit's features"),
+    Field("relation_reuse", "bool", True, doc="exits > 1 reuse the previous exit's attention logits"),
+    Field("drop_rate", "float", 0.0, doc="dropout on the position-embedded tokens, the attention projections "
+          "and the MLPs (0 in the published recipe)", minimum=0.0, below=1.0),
+    Field("drop_path_rate", "float", 0.0, doc="stochastic depth, linear over depth (published recipe: 0.1)",
+          minimum=0.0, below=1.0),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class DVTConfig:
-    """Everything that defines a DVT cascade's architecture."""
+    """Everything that defines a DVT cascade's architecture (fields: ``MODEL_FIELDS``).
 
-    family: str                      # "t2t" (Tokens-to-Token + Performer) or "deit" (patch conv)
+    Construction checks every field and the architecture as a whole and raises one
+    ``ConfigError`` listing every problem (its ``problems`` attribute holds them one by one)."""
+
+    family: str
     embed_dim: int
     depth: int
     num_heads: int
@@ -119,31 +152,44 @@ class DVTConfig:
     drop_path_rate: float = 0.0                  # stochastic depth, linear over each exit's blocks
 
     def __post_init__(self):
-        if self.family not in ("t2t", "deit"):
-            raise ConfigError(f"family must be 't2t' or 'deit', got {self.family!r}")
-        for key in ("embed_dim", "depth", "num_heads", "num_classes", "img_size", "token_dim"):
-            if int(getattr(self, key)) <= 0:
-                raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.family == "t2t" and self.token_dim % 2:
-            raise ConfigError(f"token_dim must be even (Performer uses token_dim/2 features), got {self.token_dim}")
-        for key in ("drop_rate", "drop_path_rate"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
-        if self.family == "deit" and any(int(g) <= 0 for g in self.patch_grids):
-            raise ConfigError(f"patch_grids must be positive token grid sides, got {list(self.patch_grids)}")
-        if self.family == "t2t":
-            grids = [_split_grids(self.img_size, self._t2t_splits(k)) for k in range(len(T2T_SOFT_SPLITS))]
+        given = {field.name: getattr(self, field.name) for field in MODEL_FIELDS}
+        values, problems = check_fields(MODEL_FIELDS, given)
+        if not problems:
+            problems = self._architecture_problems(values)
+        raise_problems(problems, "impossible architecture")
+        for key, value in values.items():   # checked values: lists as tuples, integers as floats where numbers
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_exits", tuple(self._exit_geometry(k) for k in range(len(self.grids))))
+
+    @classmethod
+    def _architecture_problems(cls, values):
+        """What makes checked field ``values`` an impossible cascade, one message per problem."""
+        problems = []
+        if values["embed_dim"] % values["num_heads"]:
+            problems.append(f"embed_dim {values['embed_dim']} is not divisible by num_heads {values['num_heads']}")
+        if values["family"] == "t2t":
+            if values["token_dim"] % 2:
+                problems.append(f"token_dim must be even (Performer uses token_dim/2 features), "
+                                f"got {values['token_dim']}")
+            grids = [_split_grids(values["img_size"], cls._t2t_splits(k)) for k in range(len(T2T_SOFT_SPLITS))]
             if any(g <= 0 for steps in grids for g in steps) or \
                     [steps[-1] for steps in grids] != sorted({steps[-1] for steps in grids}):
-                raise ConfigError(f"img_size {self.img_size} is too small for the t2t tokenizers (their token grids "
-                                  f"must strictly increase from exit to exit); use img_size >= "
-                                  f"{_smallest_t2t_img_size()}")
-        grids = self.grids
-        if list(grids) != sorted(set(grids)):
-            raise ConfigError(f"token grids must strictly increase from exit to exit, got {list(grids)}")
-        object.__setattr__(self, "_exits", tuple(self._exit_geometry(k) for k in range(len(grids))))
+                problems.append(f"img_size {values['img_size']} is too small for the t2t tokenizers (their token "
+                                f"grids must strictly increase from exit to exit); use img_size >= "
+                                f"{_smallest_t2t_img_size()}")
+            return problems
+        grids = values["patch_grids"]
+        if any(g <= 0 for g in grids):
+            problems.append(f"patch_grids must be positive token grid sides, got {list(grids)}")
+        elif list(grids) != sorted(set(grids)):
+            problems.append(f"token grids must strictly increase from exit to exit, got {list(grids)}")
+        else:
+            for grid in grids:
+                try:
+                    patch_geometry(values["img_size"], grid)
+                except ConfigError as error:
+                    problems.append(str(error))
+        return problems
 
     @staticmethod
     def _t2t_splits(exit_index):
@@ -184,58 +230,80 @@ class DVTConfig:
         return tuple(_split_grids(self.img_size, self._t2t_splits(k))[-1] for k in range(len(T2T_SOFT_SPLITS)))
 
 
-# name -> architecture (docs/model.md, "Presets") and its published state-dict element count.
-PRESETS = {
-    "dvt_t2t_vit_12": dict(family="t2t", embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0,
-                           qkv_bias=False, layernorm_eps=1e-5, token_dim=64),
-    "dvt_t2t_vit_14": dict(family="t2t", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0,
-                           qkv_bias=False, layernorm_eps=1e-5, token_dim=64),
-    "dvt_deit_small": dict(family="deit", embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
-                           qkv_bias=True, layernorm_eps=1e-6),
-}
-PRESET_STATE_DICT_ELEMENTS = {
-    "dvt_t2t_vit_12": 22_461_516,
-    "dvt_t2t_vit_14": 67_881_836,
-    "dvt_deit_small": 70_442_232,
-}
-
-OVERRIDABLE_KEYS = tuple(f.name for f in dataclasses.fields(DVTConfig) if f.name != "family")
-# The Python type of every overridable field: bool, int, float, or tuple (of ints).
-FIELD_TYPES = {f.name: (tuple if f.type == Tuple[int, ...] else f.type)
-               for f in dataclasses.fields(DVTConfig) if f.name != "family"}
+# The registry: preset name -> a function of architecture overrides returning its DVTConfig, as
+# timm registers model functions. ``published`` presets have checkpoints from the authors.
+_PRESETS = {}
+_PUBLISHED = set()
 
 
-def _checked_value(key, value):
-    """``value`` for DVTConfig field ``key``, or a ConfigError naming both."""
-    kind = FIELD_TYPES[key]
-    if kind is bool:
-        valid = isinstance(value, bool)
-    elif kind is int:
-        valid = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if valid else value
-    else:  # a tuple of ints
-        valid = isinstance(value, (list, tuple)) and len(value) > 0 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value)
-        value = tuple(value) if valid else value
-    if not valid:
-        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a list of integers")
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
-    return value
+def register_preset(published=False):
+    """Register the decorated ``name(**overrides) -> DVTConfig`` function under its name."""
+    def register(function):
+        _PRESETS[function.__name__] = function
+        if published:
+            _PUBLISHED.add(function.__name__)
+        return function
+    return register
+
+
+@register_preset(published=True)
+def dvt_t2t_vit_12(**overrides):
+    return DVTConfig(**dict(dict(family="t2t", embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0,
+                                 qkv_bias=False, layernorm_eps=1e-5, token_dim=64), **overrides))
+
+
+@register_preset(published=True)
+def dvt_t2t_vit_14(**overrides):
+    return DVTConfig(**dict(dict(family="t2t", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0,
+                                 qkv_bias=False, layernorm_eps=1e-5, token_dim=64), **overrides))
+
+
+@register_preset(published=True)
+def dvt_deit_small(**overrides):
+    return DVTConfig(**dict(dict(family="deit", embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+                                 qkv_bias=True, layernorm_eps=1e-6), **overrides))
+
+
+@register_preset()
+def dvt_demo(**overrides):
+    """The demo's cascade (scripts/run_demo.sh): 64 px images, 1x1, 4x4 and 8x8 tokens, 8 classes."""
+    return DVTConfig(**dict(dict(family="deit", embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0,
+                                 qkv_bias=True, layernorm_eps=1e-6, num_classes=8, img_size=64,
+                                 patch_grids=(1, 4, 8)), **overrides))
+
+
+@register_preset()
+def dvt_tiny(**overrides):
+    """A cascade that trains in minutes on a CPU (configs/tiny_cpu.yaml): 64 px, 4x4, 6x6 and 8x8 tokens."""
+    return DVTConfig(**dict(dict(family="deit", embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                                 qkv_bias=True, layernorm_eps=1e-6, num_classes=8, img_size=64,
+                                 patch_grids=(4, 6, 8)), **overrides))
+
+
+PRESETS = types.MappingProxyType(_PRESETS)   # read-only view: name -> preset function
+
+# A preset fixes its family; every other field can be overridden.
+_OVERRIDABLE_FIELDS = tuple(field for field in MODEL_FIELDS if field.name != "family")
+OVERRIDABLE_KEYS = tuple(field.name for field in _OVERRIDABLE_FIELDS)
+
+
+def list_presets(published=None):
+    """Registered preset names, sorted; ``published=True`` only those with the authors' checkpoints,
+    ``False`` only the others."""
+    return sorted(name for name in _PRESETS if published is None or (name in _PUBLISHED) == published)
 
 
 def build_config(name, **overrides):
-    """The config of preset ``name`` with ``overrides`` applied.
+    """The config of preset ``name`` with architecture ``overrides`` (any ``DVTConfig`` field but
+    ``family``) applied.
 
-    Unknown keys, values of the wrong type and impossible architectures are ``ConfigError``s (a
-    ``ValueError``) naming the key and value."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
-    unknown = sorted(set(overrides) - set(OVERRIDABLE_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown override(s) {', '.join(unknown)} for {name}; "
-                          f"valid keys: {', '.join(OVERRIDABLE_KEYS)}")
-    fields = dict(PRESETS[name])
-    fields.update({key: _checked_value(key, value) for key, value in overrides.items()})
-    return DVTConfig(**fields)
+    An unknown preset or key, values of the wrong type and impossible architectures are one
+    ``ConfigError`` (a ``ValueError``) listing every problem, naming each key and value."""
+    if name not in _PRESETS:
+        close = suggest_key(name, _PRESETS)
+        hint = f"did you mean {close!r}? " if close else ""
+        raise ConfigError(f"unknown model {name!r}; {hint}available: {', '.join(list_presets())}")
+    _, problems = check_fields(_OVERRIDABLE_FIELDS, overrides,
+                               unknown_hint=f"overrides are {', '.join(OVERRIDABLE_KEYS)}")
+    raise_problems(problems, f"{name} overrides")
+    return _PRESETS[name](**overrides)

@@ -3,7 +3,6 @@
 One process trains on one device; under ``msrun`` every worker runs this same command and they
 train data-parallel (see scripts/run_train.sh). ``--list_keys`` prints every config key.
 """
-import argparse
 import logging
 import os
 import sys
@@ -13,8 +12,7 @@ from .interrupts import watch_stop_signals
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m dvt_ms.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser("dvt_ms.train", __doc__)
     parser.add_argument("config", nargs="?", help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key")
     parser.add_argument("--list_keys", action="store_true", help="print every config key as a Markdown table")

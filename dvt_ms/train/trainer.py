@@ -1,4 +1,4 @@
-"""The training run: build everything from a ``TrainConfig``, train, validate, checkpoint, resume.
+"""The training run: build everything from a ``RunConfig``, train, validate, checkpoint, resume.
 
 Recipe (docs/training.md): loss = sum of the exits' cross-entropies (mindcv ``create_loss``, label
 smoothing / soft mixup targets), mindcv AdamW, warm-up + cosine schedule with cool-down (mindcv
@@ -27,11 +27,10 @@ from mindcv.scheduler import create_scheduler
 
 from ..checkpoint.store import UnreadableCheckpointError
 from ..checkpoint.weights import load_pretrained
-from ..config import model_overrides
 from ..data import (HOLDOUT_FILE, DataFolderGoneError, ImageCheck, SampleTracker, checked_batches, epoch_indices,
                     epoch_loader, make_loader, open_training_data, read_holdout, write_holdout)
 from ..errors import CheckpointError, DataError, DiskFullError, DVTError, OutputPathError
-from ..models import build_config, create_model
+from ..models import DVT
 from .checkpoints import CheckpointManager, TrainingState, load_training_checkpoint, step_of
 from .interrupts import StopSignals, TrainingInterrupted
 from .memory import check_training_memory
@@ -83,11 +82,10 @@ class Trainer:
     def __init__(self, config):
         self.config = config
         self.runtime = runtime = setup_runtime(config)
-        model_config = build_config(config.model, **model_overrides(config))
-        check_training_memory(model_config, config.batch_size, runtime)
+        check_training_memory(config.arch, config.batch_size, runtime)
         self.run_folder = inspect_run_folder(config.output_dir, config.resume, config.overwrite)
 
-        num_classes = model_config.num_classes
+        num_classes = config.arch.num_classes
         # The hold-out record is written once the run folder is claimed (``fit``); a run being moved
         # aside (overwrite=true) keeps its records to itself.
         self.train_data, self.val_data = open_training_data(config, num_classes, _image_check(config, runtime),
@@ -102,8 +100,8 @@ class Trainer:
         # Every weight, trained or fixed, is drawn from the seeded stream in construction order:
         # seeding right here gives every rank the same initial weights.
         ms.set_seed(config.seed)
-        self.model = create_model(config.model, **model_overrides(config))
-        self.arch = self.model.config
+        self.model = DVT(config.arch)
+        self.arch = config.arch
         self.steps_per_epoch = self.train_data.num_samples // runtime.world_size // config.batch_size
         if self.steps_per_epoch == 0:
             raise DataError(f"{self.train_data.name} has {self.train_data.num_samples} images: fewer than one "
