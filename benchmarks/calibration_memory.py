@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from dvt_ms import cli  # noqa: E402
 from dvt_ms.calibrate import search  # noqa: E402
+from dvt_ms.contract.exit_rule import softmax  # noqa: E402
 from dvt_ms.calibrate.report import calibrate  # noqa: E402
 
 EXITS = 3
@@ -53,7 +54,7 @@ def score(mode, images, classes, batch, seed):
     parts, labels = [], []
     for logits, batch_labels in batches(images, classes, batch, seed):
         if mode == "before":
-            parts.append(np.stack([search.softmax(exit_logits) for exit_logits in logits]))
+            parts.append(np.stack([softmax(exit_logits) for exit_logits in logits]))
         else:
             parts.append(search.exit_scores_from_logits(logits))
         labels.append(batch_labels)

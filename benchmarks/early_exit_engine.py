@@ -27,6 +27,7 @@ import mindspore as ms
 
 from dvt_ms import cli
 from dvt_ms.calibrate import search
+from dvt_ms.contract.exit_rule import softmax
 from dvt_ms.deploy.engine import EarlyExitEngine
 from dvt_ms.deploy.preprocess import Preprocessor
 
@@ -36,15 +37,11 @@ LOGGER = logging.getLogger("early_exit_engine")
 def _export_random(out_dir, preset=None, config_path=None):
     import dvt_ms
     from dvt_ms.config import load_config
-    from dvt_ms.deploy.preprocess import resize_for_crop
-    from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
+    from dvt_ms.data.transforms import run_preprocessing
+    from dvt_ms.export.writer import export_model
     config = load_config(config_path, None if config_path else {"model": preset}, command="export")
     model = dvt_ms.DVT(config.arch)
-    img_size = model.config.img_size
-    preprocess = {"img_size": img_size, "crop_pct": config.crop_pct,
-                  "resize": resize_for_crop(img_size, config.crop_pct), "interpolation": config.interpolation,
-                  "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    export_model(model, out_dir, config.model, preprocess)
+    export_model(model, out_dir, config.model, run_preprocessing(config, model.config.img_size))
 
 
 def _median_seconds(run, repeats):
@@ -129,7 +126,7 @@ def main():
         images = np.random.default_rng(0).standard_normal((args.images, 3, size, size)).astype(np.float32)
         batches = [images[i:i + args.batch_size] for i in range(0, args.images, args.batch_size)]
         # every exit on every image gives the scores that set the thresholds
-        probs = search.softmax(np.concatenate([engine.every_exit(b) for b in batches], axis=1))
+        probs = softmax(np.concatenate([engine.every_exit(b) for b in batches], axis=1))
         thresholds = search.find_thresholds(probs, np.asarray(args.shares, np.float32))
         exits, _ = search.assign_exits(probs, thresholds)
         shares = np.bincount(exits, minlength=engine.num_exits) / len(exits)

@@ -26,7 +26,7 @@ from .shipped_configs import config_path
 __all__ = ["Option", "SCHEMA", "OPTIONS", "ALIASES", "COMMANDS", "RunConfig", "load_config", "model_overrides",
            "schema_markdown", "suggest_key"]
 
-_KIND_NAMES = {"ints": "list of int", "strs": "list of str", "pair": "[float, float]"}
+_KIND_NAMES = {"ints": "list of int", "floats": "list of float", "strs": "list of str", "pair": "[float, float]"}
 
 
 def _model_options():
@@ -82,24 +82,33 @@ SCHEMA = (
     Option("lr", "float", 5e-4, "peak learning rate (for the whole batch across devices)", "optimisation",
            minimum=0.0),
     Option("weight_decay", "float", 0.05, "decoupled weight decay", "optimisation", minimum=0.0),
-    Option("weight_decay_filter", "str", "norm_and_bias", "mindcv's weight-decay filter; norm_and_bias also exempts class tokens and "
-           "position embeddings",
-           "optimisation", choices=("disable", "norm_and_bias", "auto")),
+    Option("weight_decay_filter", "str", "ndim1_and_bias", "parameters spared weight decay: ndim1_and_bias = 1-D ones "
+           "and *.bias (the authors'), norm_and_bias = mindcv's (also class tokens and position embeddings), auto = "
+           "MindSpore's (norms only), disable = none",
+           "optimisation", choices=("ndim1_and_bias", "norm_and_bias", "auto", "disable")),
+    Option("opt_betas", "floats", (0.9, 0.999), "adamw: the moment decay rates [beta1, beta2]", "optimisation",
+           minimum=0.0, below=1.0, length=2),
+    Option("opt_eps", "float", 1e-8, "adamw: epsilon added to sqrt(v) (the authors': PyTorch's 1e-8)",
+           "optimisation", above=0.0),
     Option("clip_grad_norm", "float", None, "clip the global gradient norm to this (null = no clipping)",
            "optimisation", nullable=True, minimum=0.0),
     Option("ema", "bool", False, "keep an exponential moving average of the weights (evaluated and saved)",
            "optimisation"),
     Option("ema_decay", "float", 0.99996, "EMA decay per step", "optimisation", minimum=0.0, below=1.0),
 
-    Option("scheduler", "str", "cosine_decay", "learning-rate schedule after warm-up (mindcv)", "schedule",
+    Option("scheduler", "str", "cosine_decay", "learning-rate curve: cosine_decay = timm's cosine from lr to min_lr "
+           "over epochs, the warm-up overlapping its start; constant = lr after the warm-up", "schedule",
            choices=("cosine_decay", "constant")),
-    Option("epochs", "int", 300, "warm-up + decay epochs; training runs epochs + cooldown_epochs",
+    Option("epochs", "int", 300, "epochs of the cosine (the warm-up overlaps its start); training runs "
+           "epochs + cooldown_epochs",
            "schedule", minimum=1),
     Option("warmup_epochs", "int", 20, "linear warm-up epochs, from warmup_lr to lr", "schedule", minimum=0),
     Option("warmup_lr", "float", 1e-6, "learning rate at the first step", "schedule", minimum=0.0),
     Option("min_lr", "float", 1e-5, "learning rate at the end of the decay and during cool-down",
            "schedule", minimum=0.0),
     Option("cooldown_epochs", "int", 10, "epochs at min_lr after the decay", "schedule", minimum=0),
+    Option("lr_epoch_stair", "bool", True, "the learning rate changes once per epoch, as timm steps the published "
+           "schedule (false: every step)", "schedule"),
 
     Option("device_target", "str", "auto", "auto picks Ascend, then GPU, then CPU", "device",
            choices=("auto", "Ascend", "GPU", "CPU")),
@@ -155,6 +164,7 @@ ALIASES = {
     "learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "optimizer": "opt", "num_epochs": "epochs",
     "epoch_size": "epochs", "warmup": "warmup_epochs", "warmup_learning_rate": "warmup_lr",
     "min_learning_rate": "min_lr", "eta_min": "min_lr", "bs": "batch_size", "batch": "batch_size",
+    "eps": "opt_eps", "betas": "opt_betas", "sched": "scheduler",
     "workers": "num_workers", "data_path": "data_dir", "data_root": "data_dir", "dataset_dir": "data_dir",
     "out_dir": "output_dir", "ckpt_save_dir": "output_dir", "save_dir": "output_dir", "amp": "amp_level",
     "device": "device_target", "model_name": "model", "arch": "model", "image_size": "img_size",

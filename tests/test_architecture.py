@@ -83,8 +83,6 @@ def _upward_imports(part):
 
 @pytest.mark.parametrize("part", sorted(LAYER))
 def test_every_import_points_to_the_same_or_a_lower_layer(part):
-    if part == "deploy" and not (PACKAGE / CONTRACT).exists():
-        pytest.xfail("deploy still takes the exit rule from calibrate.search until the contract module exists")
     violations = _upward_imports(part)
     assert not violations, "\n".join(violations)
 
@@ -103,8 +101,6 @@ def _closure(modules):
 def test_deployment_needs_nothing_of_the_model_training_calibration_or_export():
     deployment = [module for module, _ in _modules() if _part(module) in ("deploy", CONTRACT)]
     needed = {_part(module) for module in _closure(deployment)}
-    if not (PACKAGE / CONTRACT).exists():
-        needed -= {"calibrate"}   # see the xfail above: calibrate.search's exit rule moves to the contract
     assert not needed & NOT_FOR_DEPLOYMENT, sorted(needed & NOT_FOR_DEPLOYMENT)
 
 

@@ -9,9 +9,11 @@ import yaml
 
 from dvt_ms.calibrate import __main__ as calibrate_cli
 from dvt_ms.calibrate import search
+from dvt_ms.contract.digest import model_digest
+from dvt_ms.contract.exit_rule import softmax
+from dvt_ms.contract.preprocessing import preprocess_record
+from dvt_ms.deploy.preprocess import Preprocessor
 from dvt_ms.models.flops import model_flops
-from dvt_ms.deploy.preprocess import Preprocessor, resize_for_crop
-from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD
 from helpers import GOLDEN_MODELS, converted_golden_model, golden_overrides
 
 NUM_CLASSES = 10
@@ -34,10 +36,9 @@ def test_report_of_a_converted_published_checkpoint(golden_dir, converted_dir, t
     flops = model_flops(model.config)
     assert [e["cumulative_gflops"] for e in per_exit] == [f["cumulative_gflops"] for f in flops]
     # independent path: the deployment preprocessing and the Cells, then plain accuracy
-    preprocess = Preprocessor({"img_size": 224, "crop_pct": 0.875, "resize": resize_for_crop(224, 0.875),
-                               "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+    preprocess = Preprocessor(preprocess_record(224, 0.875, "bicubic"))
     images = np.stack([preprocess(str(p)) for p in val_paths])
-    probs = np.stack([search.softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
+    probs = np.stack([softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
     expected_top1 = search.anytime_accuracy(probs, val_labels)
     np.testing.assert_allclose([e["validation_top1"] for e in per_exit], expected_top1)
 
@@ -53,6 +54,7 @@ def test_report_of_a_converted_published_checkpoint(golden_dir, converted_dir, t
     assert len(thresholds["budgets"]) == 59
     assert (out / "budget_curve.png").stat().st_size > 0 and "| budget |" in (out / "budget_curve.md").read_text()
     assert thresholds["calibration"] == {"images": 15, "source": "training images (seen in training)"}
+    assert thresholds["digest"] == model_digest(model)      # bound to the weights it calibrated
 
     # the same report as the code that kept every exit's softmax wrote (tests/reference/README.md)
     reference = json.loads(REFERENCE.read_text())

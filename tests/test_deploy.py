@@ -13,18 +13,25 @@ import pytest
 import yaml
 from mindspore import nn
 
+from PIL import Image
+
 from dvt_ms.calibrate import search
+from dvt_ms.contract.digest import model_digest
+from dvt_ms.contract.exit_rule import ALWAYS, NEVER, softmax
+from dvt_ms.contract.manifest import MANIFEST_NAME, load_manifest
+from dvt_ms.contract.preprocessing import preprocess_record
+from dvt_ms.contract.signature import exit_signature
+from dvt_ms.contract.thresholds import load_thresholds
+from dvt_ms.convert import load_torch_checkpoint, published_results_path
+from dvt_ms.deploy import Classifier
 from dvt_ms.deploy.engine import EarlyExitEngine, EarlyExitRun, bucket_sizes
 from dvt_ms.deploy.infer import collect_images, run_inference
-from dvt_ms.deploy.manifest import MANIFEST_NAME, load_manifest
-from dvt_ms.deploy.preprocess import Preprocessor, resize_for_crop
-from dvt_ms.export.graphs import exit_signature
-from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
+from dvt_ms.deploy.preprocess import Preprocessor
+from dvt_ms.export.writer import export_model
 from helpers import GOLDEN_MODELS, converted_golden_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREPROCESS = {"img_size": 224, "crop_pct": 0.875, "resize": resize_for_crop(224, 0.875), "interpolation": "bicubic",
-              "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+PREPROCESS = preprocess_record(224, 0.875, "bicubic")
 NUM_IMAGES = 12
 
 
@@ -32,15 +39,15 @@ NUM_IMAGES = 12
 def exported(request, golden_dir, tmp_path_factory):
     family = request.param
     work = tmp_path_factory.mktemp(f"deploy-{family}")
-    model, _ = converted_golden_model(golden_dir, family, work)
+    model, ckpt = converted_golden_model(golden_dir, family, work)
     out = work / "mindir"
-    exit_thresholds = [0.2, 0.25, float(search.ALWAYS)]
-    thresholds = {"model": GOLDEN_MODELS[family], "exit_thresholds": exit_thresholds,
+    exit_thresholds = [0.2, 0.25, float(ALWAYS)]
+    thresholds = {"model": GOLDEN_MODELS[family], "exit_thresholds": exit_thresholds, "digest": model_digest(model),
                   "budgets": [{"budget_index": 1, "exit_thresholds": exit_thresholds,
                                "calibration_gflops": 0.02, "calibration_accuracy": 50.0}]}
     export_model(model, out, GOLDEN_MODELS[family], PREPROCESS, class_names=[f"c{i}" for i in range(10)],
                  thresholds=thresholds)
-    return family, model, out
+    return family, model, out, ckpt
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,7 @@ def image_folder(tmp_path_factory, make_class_folders):
 
 def _offline(model, images):
     """Every exit on every image with the Cells: (K, N, C) softmax scores."""
-    return np.stack([search.softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
+    return np.stack([softmax(t.asnumpy()) for t in model(ms.Tensor(images))])
 
 
 def _preprocessed(manifest, folder):
@@ -70,7 +77,7 @@ def _preprocessed(manifest, folder):
 
 
 def test_mindir_equals_cells_for_every_exit(exported, golden_dir):
-    family, model, out = exported
+    family, model, out, _ = exported
     manifest = load_manifest(out)
     images = ms.Tensor(np.load(golden_dir / f"{family}.npz")["images"])
     reused = ()
@@ -97,17 +104,17 @@ def _midpoint_thresholds(probs):
         conf = np.sort(probs[k].max(axis=1))
         middle = len(conf) // 2
         thresholds.append(float((conf[middle - 1] + conf[middle]) / 2))
-    return thresholds + [float(search.ALWAYS)]
+    return thresholds + [float(ALWAYS)]
 
 
 @pytest.mark.parametrize("case", ["calibrated", "all_at_exit_1", "none_before_last"])
 def test_engine_equals_offline_simulation(exported, engine, image_folder, case):
-    family, model, out = exported
+    family, model, out, _ = exported
     _, _, images = _preprocessed(engine.manifest, image_folder)
     probs = _offline(model, images)
     thresholds = {"calibrated": _midpoint_thresholds(probs),
-                  "all_at_exit_1": [float(search.ALWAYS)] * 3,
-                  "none_before_last": [float(search.NEVER)] * 2 + [float(search.ALWAYS)]}[case]
+                  "all_at_exit_1": [float(ALWAYS)] * 3,
+                  "none_before_last": [float(NEVER)] * 2 + [float(ALWAYS)]}[case]
     exits, predictions, confidences = engine.classify(images, thresholds)
     expected_exits, expected_predictions = search.assign_exits(probs, np.float32(thresholds))
     np.testing.assert_array_equal(exits, expected_exits)
@@ -159,7 +166,7 @@ def test_partial_batches_pad_at_most_a_quarter_of_a_call(max_batch):
 
 
 def test_every_exit_gives_the_cells_logits(exported, engine, image_folder):
-    family, model, out = exported
+    family, model, out, _ = exported
     _, _, images = _preprocessed(engine.manifest, image_folder)
     expected = np.stack([t.asnumpy() for t in model(ms.Tensor(images))])
     np.testing.assert_allclose(engine.every_exit(images), expected, atol=1e-4)      # in batches of 4
@@ -184,7 +191,7 @@ def test_bad_image_is_skipped_and_reported(engine, image_folder, tmp_path):
 
 def test_edited_normalisation_in_the_manifest_changes_the_answers(exported, engine, image_folder, tmp_path):
     """The manifest's mean/std drive inference: edited, the confidences follow them exactly."""
-    _, model, out = exported
+    _, model, out, _ = exported
     edited_dir = tmp_path / "edited"
     edited_dir.mkdir()
     for name in os.listdir(out):
@@ -195,7 +202,7 @@ def test_edited_normalisation_in_the_manifest_changes_the_answers(exported, engi
     edited_engine = copy.copy(engine)            # the same compiled graphs, the edited manifest
     edited_engine.manifest = load_manifest(edited_dir)
     paths, labels, _ = collect_images([str(image_folder)])
-    thresholds = [float(search.ALWAYS)] * 3                          # everything answered at exit 1
+    thresholds = [float(ALWAYS)] * 3                          # everything answered at exit 1
     original, _ = run_inference(engine, paths, labels, thresholds, batch_size=4, compare_all_exits=False)
     edited, _ = run_inference(edited_engine, paths, labels, thresholds, batch_size=4, compare_all_exits=False)
     _, _, images = _preprocessed(edited_engine.manifest, image_folder)
@@ -211,11 +218,15 @@ def _infer_cli(*args):
 
 @pytest.mark.slow
 def test_cli_writes_results_and_summary(exported, image_folder, tmp_path):
-    family, _, out = exported
-    result = _infer_cli("--model", out, image_folder, "--out", tmp_path / "r.csv", "--summary", tmp_path / "s.json")
+    family, _, out, _ = exported
+    result = _infer_cli("--model", out, image_folder, "--out", tmp_path / "r.csv", "--summary", tmp_path / "s.json",
+                        "--compare")
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].startswith("path,class_index,class,confidence,exit") and len(lines) == NUM_IMAGES + 1
+    for line in lines[1:]:      # a handful of images: each answer is printed too
+        path, _, name, confidence, exit_number = line.split(",")[:5]
+        assert f"{path}: {name} (confidence {float(confidence):.3f}, exit {exit_number} of 3)" in result.stdout
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["predicted_speedup"] >= 1.0 and summary["measured_speedup"] > 0
     assert summary["preprocess_ms_per_image"] > 0
@@ -226,10 +237,17 @@ def test_cli_writes_results_and_summary(exported, image_folder, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("exported", ["deit"], indirect=True)
 def test_cli_streaming_reports_latency_per_exit(exported, image_folder, tmp_path):
-    family, _, out = exported
-    result = _infer_cli("--model", out, image_folder, "--batch_size", "1", "--summary", tmp_path / "s.json")
+    family, _, out, _ = exported
+    result = _infer_cli("--model", out, image_folder, "--batch_size", "1", "--summary", tmp_path / "s.json",
+                        "--top_k", "3", "--out", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
+    assert "measured_speedup" not in summary and "every_exit" not in summary["latency_ms"]   # each image ran once
+    for record in json.loads((tmp_path / "r.json").read_text()):
+        best = [entry.split(" ") for entry in record["top_k"].split("; ")]
+        assert len(best) == 3 and best[0][0] == record["class"]
+        assert float(best[0][1]) == pytest.approx(record["confidence"], abs=1e-4)
+        assert [float(p) for _, p in best] == sorted((float(p) for _, p in best), reverse=True)
     latency = summary["latency_ms"]
     assert 0 < latency["model"]["p50"] <= latency["model"]["p95"] < latency["end_to_end"]["p95"] + 1e-9
     counts = [row["images"] for row in latency["per_exit"]]
@@ -238,11 +256,12 @@ def test_cli_streaming_reports_latency_per_exit(exported, image_folder, tmp_path
     assert "latency per image (batch size 1)" in result.stdout
 
 
-# Run in a fresh interpreter where mindcv and every training-side part of dvt_ms cannot be imported.
+# Run in a fresh interpreter where mindcv and every part of dvt_ms but the contract and deployment cannot be
+# imported.
 _WITHOUT_TRAINING_SIDE = textwrap.dedent("""
     import importlib.abc, runpy, sys
     BLOCKED = ("mindcv", "dvt_ms.models", "dvt_ms.data", "dvt_ms.train", "dvt_ms.config", "dvt_ms.checkpoint",
-               "dvt_ms.convert", "dvt_ms.export", "dvt_ms.demo")
+               "dvt_ms.convert", "dvt_ms.calibrate", "dvt_ms.export", "dvt_ms.demo")
 
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -259,7 +278,7 @@ _WITHOUT_TRAINING_SIDE = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.parametrize("exported", ["t2t"], indirect=True)
 def test_deployment_runs_without_mindcv_or_training_code(exported, image_folder, tmp_path):
-    family, _, out = exported
+    family, _, out, _ = exported
     result = subprocess.run([sys.executable, "-c", _WITHOUT_TRAINING_SIDE, "--model", str(out), str(image_folder),
                              "--out", str(tmp_path / "r.json"), "--batch_size", "4"],
                             cwd=REPO, capture_output=True, text=True)
@@ -275,7 +294,7 @@ def test_deployment_runs_without_mindcv_or_training_code(exported, image_folder,
 @pytest.mark.slow
 @pytest.mark.parametrize("exported", ["t2t"], indirect=True)   # the error paths do not depend on the family
 def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
-    family, _, out = exported
+    family, _, out, _ = exported
     results = tmp_path / "r.json"
     wrong_exits = tmp_path / "wrong_exits.yaml"
     wrong_exits.write_text(yaml.safe_dump({"model": GOLDEN_MODELS[family], "exit_thresholds": [0.5, -1e8]}))
@@ -300,12 +319,42 @@ def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
         "MindIR file exit1.mindir named in manifest.yaml (exits[0].file) is missing": ("--model", broken_model,
                                                                                      image_folder),
         "below the cheapest": ("--model", out, "--budget", "0.001", image_folder),
+        "above every calibrated setting": ("--model", out, "--accuracy", "99", image_folder),
+        "budget must be a finite number, got nan": ("--model", out, "--budget", "nan", image_folder),
     }
     for message, args in cases.items():
         result = _infer_cli(*args, "--out", results)
         assert result.returncode == 2, (message, result.stderr)
         assert message in result.stderr and result.stderr.count("\n") == 1, (message, result.stderr)
         assert not results.exists()
+
+
+def test_published_table_is_a_thresholds_document_for_the_converted_weights(exported, golden_dir):
+    """The converter binds the authors' dynamic_threshold table to the weights it wrote: the
+    export of those weights accepts it, row for row, the last exit answering the rest."""
+    family, _, out, ckpt = exported
+    document = load_thresholds(published_results_path(ckpt), load_manifest(out), "the export")
+    expected = np.array(load_torch_checkpoint(golden_dir / f"{family}.pth.tar")["dynamic_threshold"], np.float32)
+    expected[:, -1] = ALWAYS
+    # the golden checkpoints publish figures for 2 budgets only, not all 59: no budget table, and
+    # the default is the last published row
+    assert "budgets" not in document and document["default_budget_index"] == len(expected)
+    np.testing.assert_array_equal(np.float32(document["exit_thresholds"]), expected[-1])
+
+
+def test_classifier_takes_paths_pil_images_and_pixels(exported, engine, image_folder):
+    family, _, out, _ = exported
+    paths, labels, _ = collect_images([str(image_folder)])
+    thresholds = engine.manifest["thresholds"]["exit_thresholds"]
+    records, _ = run_inference(engine, paths, labels, thresholds, batch_size=4)
+    classifier = Classifier(str(out), device_target="CPU", batch_size=4)
+    with Image.open(paths[1]) as picture:
+        images = [paths[0], picture.copy(), np.asarray(Image.open(paths[2]).convert("RGB"))] + paths[3:]
+    answers = classifier.classify(images, top_k=2)
+    assert [(a.class_name, a.exit) for a in answers] == [(r["class"], r["exit"]) for r in records]
+    np.testing.assert_allclose([a.confidence for a in answers], [r["confidence"] for r in records], atol=1e-6)
+    assert all(a.top_k[0] == (a.class_name, pytest.approx(a.confidence)) and len(a.top_k) == 2 for a in answers)
+    assert classifier(paths[0]).class_name == records[0]["class"]
 
 
 def test_evaluation_weights_prefer_the_ema_copy(tmp_path):
@@ -342,8 +391,8 @@ def test_ctrl_c_during_inference_keeps_every_answer_so_far_and_exits_130(exporte
                                                                         monkeypatch, capsys):
     from dvt_ms.deploy import infer
     from dvt_ms.deploy.__main__ import main
-    family, _, out = exported
-    assert main(["--model", str(out), str(image_folder), "--batch_size", "2", "--no_compare",
+    family, _, out, _ = exported
+    assert main(["--model", str(out), str(image_folder), "--batch_size", "2",
                  "--out", str(tmp_path / "all.json")]) == 0
     complete = {r["path"]: r for r in json.loads((tmp_path / "all.json").read_text())}
     calls = []
@@ -359,7 +408,7 @@ def test_ctrl_c_during_inference_keeps_every_answer_so_far_and_exits_130(exporte
     results, summary = tmp_path / "partial.json", tmp_path / "summary.json"
     results.write_text(json.dumps([complete[next(iter(complete))]]))   # an earlier run's results: replaced
     capsys.readouterr()
-    assert main(["--model", str(out), str(image_folder), "--batch_size", "2", "--no_compare",
+    assert main(["--model", str(out), str(image_folder), "--batch_size", "2",
                  "--out", str(results), "--summary", str(summary)]) == 130
     partial = json.loads(results.read_text())
     stopped = json.loads(summary.read_text())["interrupted"]

@@ -4,17 +4,19 @@ import copy
 import re
 import shutil
 
+import mindspore as ms
 import pytest
 import yaml
 
 import dvt_ms
+from dvt_ms.contract.digest import model_digest
+from dvt_ms.contract.manifest import MANIFEST_NAME, load_manifest
+from dvt_ms.contract.preprocessing import preprocess_record
+from dvt_ms.contract.thresholds import dump_thresholds, load_thresholds
 from dvt_ms.deploy import __main__ as deploy_cli
 from dvt_ms.deploy.engine import EarlyExitEngine
-from dvt_ms.deploy.manifest import MANIFEST_NAME, PRECISIONS, load_manifest, load_thresholds
-from dvt_ms.deploy.preprocess import resize_for_crop
 from dvt_ms.errors import ManifestError
-from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD, export_model
-from dvt_ms.export.writer import PRECISIONS as EXPORT_PRECISIONS
+from dvt_ms.export.writer import export_model
 
 MODEL = "dvt_deit_small"
 TINY = dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3, img_size=32, patch_grids=[2, 4])
@@ -24,12 +26,11 @@ TINY = dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0, num_classes=3, im
 def exported(tmp_path_factory):
     """A tiny two-exit model exported with calibrated thresholds and a budget table."""
     out = tmp_path_factory.mktemp("manifest") / "mindir"
-    thresholds = {"model": MODEL, "exit_thresholds": [0.5, -1e8],
+    model = dvt_ms.create_model(MODEL, **TINY)
+    thresholds = {"model": MODEL, "exit_thresholds": [0.5, -1e8], "digest": model_digest(model),
                   "budgets": [{"budget_index": 1, "exit_thresholds": [0.5, -1e8], "calibration_gflops": 0.001,
                                "calibration_accuracy": 40.0}]}
-    preprocess = {"img_size": 32, "crop_pct": 0.875, "resize": resize_for_crop(32, 0.875),
-                  "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    export_model(dvt_ms.create_model(MODEL, **TINY), out, MODEL, preprocess, class_names=["a", "b", "c"],
+    export_model(model, out, MODEL, preprocess_record(32, 0.875, "bicubic"), class_names=["a", "b", "c"],
                  thresholds=thresholds)
     return out
 
@@ -100,6 +101,8 @@ HAND_EDITS = {
     "precision float8": (_set(["precision"], "float8"),
                          "precision: 'float8' is not one of float32, float16, bfloat16"),
     "another format": (_set(["format"], "dvt-ms-mindir/0"), "not a dvt-ms-mindir/1 manifest (format: dvt-ms-mindir/0)"),
+    "digest of another kind": (_set(["digest", "weights"], "md5:0123"),
+                               "digest.weights: expected 'sha256:<hex>', got 'md5:0123'"),
 }
 
 
@@ -122,7 +125,7 @@ def test_manifest_that_is_not_yaml_names_the_line(exported, tmp_path):
 def test_exported_manifest_passes_its_own_checks(exported, tmp_path):
     manifest = load_manifest(exported)
     assert manifest["num_exits"] == 2 and manifest["preprocess"]["resize"] == 37
-    assert manifest["precision"] == "float32" and PRECISIONS == tuple(EXPORT_PRECISIONS)
+    assert manifest["precision"] == "float32"
     older = _copy_with(exported, tmp_path, _delete("precision"))     # written before precision existed
     assert "precision" not in load_manifest(older)
 
@@ -137,7 +140,7 @@ def test_thresholds_file_is_checked_field_by_field(exported, tmp_path):
         path = tmp_path / "thresholds.yaml"
         path.write_text(yaml.safe_dump({**good, **change}))
         with pytest.raises(ManifestError, match="^" + re.escape(f"{path}: {message}")):
-            load_thresholds(str(path), manifest)
+            load_thresholds(str(path), manifest, "the export")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
@@ -177,8 +180,47 @@ def test_cli_reports_a_bad_manifest_in_one_line_and_writes_nothing(exported, tmp
 def test_export_to_a_path_with_a_space_and_non_ascii_characters_loads(tmp_path):
     """MindSpore's exporter refuses such names; the export writes through a safe name instead."""
     out = tmp_path / "my models" / "modèle 模型"
-    preprocess = {"img_size": 32, "crop_pct": 0.875, "resize": resize_for_crop(32, 0.875),
-                  "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    export_model(dvt_ms.create_model(MODEL, **TINY), out, MODEL, preprocess, class_names=["a", "b", "c"])
+    export_model(dvt_ms.create_model(MODEL, **TINY), out, MODEL, preprocess_record(32, 0.875, "bicubic"),
+                 class_names=["a", "b", "c"])
     assert sorted(p.name for p in out.iterdir()) == ["exit1.mindir", "exit2.mindir", MANIFEST_NAME]
     assert EarlyExitEngine(str(out), max_batch=1).num_exits == 2
+
+
+def test_thresholds_of_another_run_are_refused_by_export_and_inference(exported, tmp_path, capfd,
+                                                                        make_class_folders):
+    """Thresholds calibrated on one run's weights, against another run of the same preset and
+    architecture: export and inference refuse them in one line naming both digests, unless told."""
+    ours = load_manifest(exported)["thresholds"]
+    other_run = dvt_ms.create_model(MODEL, **TINY)
+    first = next(iter(other_run.get_parameters()))
+    first.set_data(ms.Tensor(first.asnumpy() + 0.01))        # weights of another training run
+    theirs = model_digest(other_run)
+    assert theirs["architecture"] == ours["digest"]["architecture"] and theirs["weights"] != ours["digest"]["weights"]
+    source = str(tmp_path / "run_a" / "thresholds.yaml")
+    other_export = tmp_path / "run_b"
+    with pytest.raises(ManifestError) as caught:
+        export_model(other_run, other_export, MODEL, preprocess_record(32, 0.875, "bicubic"), thresholds=ours,
+                     thresholds_source=source)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{source} was calibrated with weights "
+                                                      f"{ours['digest']['weights'][:19]}")
+    assert theirs["weights"][:19] in message and "--accept_thresholds_mismatch" in message
+    assert not other_export.exists()
+    export_model(other_run, other_export, MODEL, preprocess_record(32, 0.875, "bicubic"), thresholds=ours,
+                 thresholds_source=source, accept_thresholds_mismatch=True)
+    assert load_manifest(other_export)["digest"] == theirs
+
+    thresholds_file = tmp_path / "thresholds.yaml"
+    make_class_folders(tmp_path / "images", num_classes=3, per_class=1)
+    legacy_file = tmp_path / "legacy.yaml"
+    legacy_file.write_text(dump_thresholds({key: value for key, value in ours.items() if key != "digest"}))
+    thresholds_file.write_text(dump_thresholds(ours))
+    capfd.readouterr()
+    for path, message in ((thresholds_file, f"{thresholds_file} was calibrated with weights"),
+                          (legacy_file, f"{legacy_file} records no digest")):
+        args = ["--model", str(other_export), "--thresholds", str(path), str(tmp_path / "images")]
+        assert deploy_cli.main(args) == 2
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and message in err and str(other_export / MANIFEST_NAME) in err, err
+    assert deploy_cli.main(args + ["--accept_thresholds_mismatch", "--device_target", "CPU"]) == 0
+    assert capfd.readouterr().out.count(" of 2)\n") == 3      # the three answers, printed

@@ -407,12 +407,11 @@ def test_ctrl_c_during_export_stops_it_and_leaves_nothing(tmp_path, monkeypatch,
     import signal
     import mindspore as ms
     from dvt_ms import cli
-    from dvt_ms.deploy.preprocess import resize_for_crop
+    from dvt_ms.contract.preprocessing import preprocess_record
     from dvt_ms.export import writer
     from dvt_ms.models import create_model
     model = create_model("dvt_deit_small", embed_dim=32, depth=1, num_heads=2, num_classes=4)
-    preprocess = {"img_size": 224, "crop_pct": 0.875, "resize": resize_for_crop(224, 0.875),
-                  "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+    preprocess = preprocess_record(224, 0.875, "bicubic", mean=[0.5] * 3, std=[0.5] * 3)
     exported = []
 
     def export_during_which_ctrl_c_arrives(net, *inputs, file_name, file_format):

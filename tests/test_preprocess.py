@@ -4,8 +4,9 @@ import pytest
 from PIL import Image
 
 from dvt_ms.config import OPTIONS
-from dvt_ms.deploy.preprocess import INTERPOLATIONS, Preprocessor, UnreadableImageError, resize_for_crop
-from dvt_ms.export.writer import IMAGENET_MEAN, IMAGENET_STD
+from dvt_ms.contract.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, preprocess_record,
+                                           resize_for_crop)
+from dvt_ms.deploy.preprocess import Preprocessor, UnreadableImageError
 
 
 def _photo(height, width, seed):
@@ -45,15 +46,14 @@ def image_files(tmp_path_factory):
 
 
 def _preprocess(img_size, crop_pct, interpolation, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    return {"img_size": img_size, "crop_pct": crop_pct, "resize": resize_for_crop(img_size, crop_pct),
-            "interpolation": interpolation, "mean": mean, "std": std}
+    return preprocess_record(img_size, crop_pct, interpolation, mean, std)
 
 
-def _validation_pipeline(path, img_size, crop_pct, interpolation):
+def _validation_pipeline(path, preprocess):
     """The validation pipeline's own ops (mindcv's evaluation transforms) on the file's bytes."""
     from dvt_ms.data.transforms import eval_transforms
     data = np.fromfile(path, np.uint8)
-    for op in eval_transforms(img_size, crop_pct, interpolation):
+    for op in eval_transforms(preprocess):
         data = op(data)
     return data
 
@@ -61,9 +61,10 @@ def _validation_pipeline(path, img_size, crop_pct, interpolation):
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 def test_preprocessing_equals_the_validation_pipeline(image_files, interpolation):
     for img_size, crop_pct in ((224, 0.875), (64, 0.9), (32, 1.0)):
-        preprocess = Preprocessor(_preprocess(img_size, crop_pct, interpolation))
+        record = _preprocess(img_size, crop_pct, interpolation)
+        preprocess = Preprocessor(record)
         for path in image_files:
-            expected = _validation_pipeline(path, img_size, crop_pct, interpolation)
+            expected = _validation_pipeline(path, record)
             assert expected.shape == (3, img_size, img_size)
             np.testing.assert_array_equal(preprocess(path), expected, err_msg=f"{path} {img_size} {crop_pct}")
 
@@ -82,6 +83,35 @@ def test_the_manifest_drives_normalisation_and_resize(image_files):
     # a smaller crop_pct resizes less far down: the crop shows a smaller part of the image, larger
     wide = Preprocessor(_preprocess(64, 1.0, "bicubic", mean=[0, 0, 0], std=[1, 1, 1]))(path)
     assert wide.shape == raw.shape and np.abs(wide - raw).mean() > 0.01
+
+
+def test_pil_images_and_pixel_arrays_preprocess_like_their_files(image_files):
+    preprocess = Preprocessor(_preprocess(64, 0.875, "bicubic"))
+    for path in image_files:
+        with Image.open(path) as image:
+            from_file = preprocess(path)
+            np.testing.assert_array_equal(preprocess(image), from_file, err_msg=path)
+            if image.mode == "RGB":
+                np.testing.assert_array_equal(preprocess(np.asarray(image)), from_file, err_msg=path)
+            if image.mode == "L":
+                np.testing.assert_array_equal(preprocess(np.asarray(image)), from_file, err_msg=path)
+    with pytest.raises(UnreadableImageError, match=r"uint8 array, got float32 \(8, 8, 3\)"):
+        preprocess(np.zeros((8, 8, 3), np.float32))
+
+
+def test_training_normalises_with_the_record_export_writes():
+    """The training transforms take mean and std from the same record as the manifest."""
+    from types import SimpleNamespace
+    from mindspore.dataset import vision
+    from dvt_ms.data.transforms import build_transforms
+    config = SimpleNamespace(model="dvt_deit_small", crop_pct=0.875, interpolation="bicubic", auto_augment=None,
+                             scale=(0.08, 1.0), ratio=(0.75, 1.333), hflip=0.5, re_prob=0.0)
+    for is_training in (True, False):
+        normalise = [op for op in build_transforms(config, 64, is_training, encoded=True)
+                     if isinstance(op, vision.Normalize)]
+        assert len(normalise) == 1
+        assert list(normalise[0].mean) == [255.0 * m for m in IMAGENET_MEAN]
+        assert list(normalise[0].std) == [255.0 * s for s in IMAGENET_STD]
 
 
 def test_resize_rule_is_the_validation_pipelines():

@@ -8,9 +8,9 @@ import pytest
 
 from dvt_ms.calibrate import search
 from dvt_ms.calibrate.search import (
-    BUDGET_INDICES, anytime_accuracy, assign_exits, budget_curve, evaluate, exit_fractions,
-    find_thresholds, thresholds_for_accuracy, thresholds_for_budget,
+    BUDGET_INDICES, anytime_accuracy, assign_exits, budget_curve, evaluate, exit_fractions, find_thresholds,
 )
+from dvt_ms.contract.exit_rule import softmax
 
 NEVER, ALWAYS = 1e8, -1e8
 
@@ -19,21 +19,6 @@ NEVER, ALWAYS = 1e8, -1e8
 def golden(golden_dir):
     with np.load(golden_dir / "thresholds.npz") as data:
         return {key: data[key] for key in data.files}
-
-
-@pytest.fixture(scope="module")
-def confident_late():
-    """A realistic cascade: later exits are both more accurate and more confident."""
-    rng = np.random.default_rng(7)
-    num_exits, num_samples, num_classes = 3, 400, 10
-    targets = rng.integers(0, num_classes, num_samples)
-    difficulty = rng.exponential(1.0, num_samples)
-    logits = rng.normal(size=(num_exits, num_samples, num_classes))
-    for k in range(num_exits):
-        logits[k, np.arange(num_samples), targets] += (1.0 + 1.5 * k) * (2.0 - difficulty)
-    probs = np.exp(logits - logits.max(axis=2, keepdims=True))
-    probs /= probs.sum(axis=2, keepdims=True)
-    return probs.astype(np.float32), targets, np.array([1.0, 2.5, 4.0])
 
 
 def _bits(array):
@@ -58,11 +43,6 @@ def _spec_thresholds(probs, fractions):
         exited = [exited[i] or conf[k, i] >= thresholds[k] for i in range(num_samples)]
     thresholds[-1] = np.float32(ALWAYS)
     return np.array(thresholds, dtype=np.float32)
-
-
-def _mean_conf_at_exit(probs, thresholds):
-    exits, _ = assign_exits(probs, thresholds)
-    return probs.max(axis=2)[exits, np.arange(probs.shape[1])].mean(dtype=np.float64)
 
 
 # ---------------------------------------------------------------- published search
@@ -190,7 +170,7 @@ def test_scores_reduced_per_batch_equal_the_kept_softmax():
     rng = np.random.default_rng(5)
     logits = rng.normal(size=(3, 300, 20)).astype(np.float32)
     logits[:, ::7, 3] = logits[:, ::7, 11] = 4.0   # exact ties: the lower class index wins
-    probs = search.softmax(logits)
+    probs = softmax(logits)
     targets = rng.integers(0, 20, 300)
     kept = search.exit_scores(probs)
     reduced = search.concatenate_scores(search.exit_scores_from_logits(list(logits[:, start:start + 64]))
@@ -204,7 +184,6 @@ def test_scores_reduced_per_batch_equal_the_kept_softmax():
         np.testing.assert_array_equal(_bits(find_thresholds(reduced, exit_fractions(p, 3))), _bits(thresholds))
         assert evaluate(reduced, targets, flops, thresholds) == evaluate(probs, targets, flops, thresholds)
     np.testing.assert_array_equal(anytime_accuracy(reduced, targets), anytime_accuracy(probs, targets))
-    np.testing.assert_array_equal(thresholds_for_budget(reduced, flops, 2.0), thresholds_for_budget(probs, flops, 2.0))
     with pytest.raises(ValueError, match=r"targets must lie in \[0, 20\)"):
         evaluate(reduced, targets + 20, flops, thresholds)
 
@@ -258,68 +237,6 @@ def test_anytime_accuracy(golden):
     assert only_last == pytest.approx(expected[2])
 
 
-# ---------------------------------------------------------------- thresholds for a target
-
-def test_thresholds_for_budget_meets_budget_and_is_monotone(golden, confident_late):
-    for probs, targets, flops in ((golden["probs"], golden["targets"], golden["flops"]),
-                                  confident_late):
-        published = [evaluate(probs, targets, flops, find_thresholds(probs, exit_fractions(p, 3)))
-                     + (_mean_conf_at_exit(probs, find_thresholds(probs, exit_fractions(p, 3))),)
-                     for p in BUDGET_INDICES]
-        previous_proxy = -np.inf
-        for budget in np.linspace(flops[0], flops[-1], 13):
-            thresholds = thresholds_for_budget(probs, flops, budget)
-            assert thresholds.dtype == np.float32 and thresholds[-1] == np.float32(ALWAYS)
-            assert evaluate(probs, targets, flops, thresholds)[1] <= budget
-            proxy = _mean_conf_at_exit(probs, thresholds)
-            assert proxy >= previous_proxy
-            previous_proxy = proxy
-            # The published budgets are in the searched family: none within budget beats it.
-            for _, cost, published_proxy in published:
-                if cost <= budget:
-                    assert proxy >= published_proxy - 1e-12
-
-
-def test_thresholds_for_budget_spends_the_budget_on_a_realistic_cascade(confident_late):
-    probs, targets, flops = confident_late
-    for budget in (1.5, 2.0, 2.5, 3.0, 3.5):
-        cost = evaluate(probs, targets, flops, thresholds_for_budget(probs, flops, budget))[1]
-        assert budget - 0.05 <= cost <= budget
-
-
-def test_thresholds_for_budget_at_the_extremes(golden):
-    probs, flops = golden["probs"], golden["flops"]
-    exits, _ = assign_exits(probs, thresholds_for_budget(probs, flops, 0.5))
-    assert (exits == 0).all()
-    with pytest.raises(ValueError, match=r"target_gflops=0\.49.*cheapest attainable.*0\.5"):
-        thresholds_for_budget(probs, flops, 0.49)
-
-
-def test_thresholds_for_accuracy_reaches_target_cheapest(golden, confident_late):
-    for probs, targets, flops in ((golden["probs"], golden["targets"], golden["flops"]),
-                                  confident_late):
-        published = [evaluate(probs, targets, flops, find_thresholds(probs, exit_fractions(p, 3)))
-                     for p in BUDGET_INDICES]
-        best = max(accuracy for accuracy, _ in published)
-        previous_cost = -np.inf
-        for target in np.linspace(0.0, best, 9):
-            accuracy, cost = evaluate(probs, targets, flops,
-                                      thresholds_for_accuracy(probs, targets, flops, target))
-            assert accuracy >= target
-            assert cost >= previous_cost
-            previous_cost = cost
-            # Cheaper than (or as cheap as) every published budget reaching the target.
-            assert all(cost <= c for a, c in published if a >= target)
-
-
-def test_thresholds_for_accuracy_unreachable(golden):
-    probs, targets, flops = golden["probs"], golden["targets"], golden["flops"]
-    with pytest.raises(ValueError, match=r"target_accuracy=50%.*not reachable.*reach \d"):
-        thresholds_for_accuracy(probs, targets, flops, 50.0)
-    with pytest.raises(ValueError, match=r"\[0, 100\]"):
-        thresholds_for_accuracy(probs, targets, flops, 101.0)
-
-
 # ---------------------------------------------------------------- validation
 
 def test_shape_and_exit_count_errors(golden):
@@ -352,14 +269,14 @@ def test_value_errors(golden):
     for index in (0, 1.5, True):
         with pytest.raises(ValueError, match="budget_index"):
             exit_fractions(index, 3)
-    with pytest.raises(ValueError, match="target_gflops"):
-        thresholds_for_budget(probs, flops, float("nan"))
 
 
-def test_module_imports_numpy_only():
+def test_module_imports_numpy_and_the_contract_only():
     tree = ast.parse(pathlib.Path(search.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"logging", "math", "numbers", "numpy"}
+                 if isinstance(node, ast.ImportFrom) and not node.level}
+    relative = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    assert imported <= {"numbers", "numpy"}
+    assert all(module.startswith("contract.") for module in relative), relative

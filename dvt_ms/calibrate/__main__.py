@@ -94,6 +94,7 @@ def _scores(model, config, split, img_size, description):
 
 def _run(args):
     from ..checkpoint import load_model_weights
+    from ..contract.digest import model_digest
     from ..data import ImageCheck, open_dataset
     from ..device import use_device
     from ..errors import ConfigError, DataError
@@ -124,6 +125,7 @@ def _run(args):
         if data.num_classes != model.config.num_classes:
             raise DataError(f"{data.name} has {data.num_classes} classes, the model {model.config.num_classes}")
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
+    digest = model_digest(model)    # the weights the thresholds are bound to
     img_size = model.config.img_size
     print(f"calibration: {calib_data.num_samples} {source}")
     calib, calib_targets = _scores(model, config, calib_data, img_size, "calibration")
@@ -132,7 +134,7 @@ def _run(args):
     cumulative = [f["cumulative_gflops"] for f in flops]
     rows = calibrate(calib, calib_targets, val, val_targets, cumulative)
     per_exit, thresholds = write_report(out_dir, config.model, flops, search.anytime_accuracy(calib, calib_targets),
-                                        search.anytime_accuracy(val, val_targets), rows, args.overwrite,
+                                        search.anytime_accuracy(val, val_targets), rows, digest, args.overwrite,
                                         calibration={"images": len(calib_targets), "source": source})
     for row in per_exit:
         print(f"exit {row['exit']}: top-1 {row['validation_top1']:.2f}% (calibration {row['calibration_top1']:.2f}%), "

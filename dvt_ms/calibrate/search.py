@@ -15,9 +15,11 @@ number of classes); both go through the same code.
 * :func:`assign_exits` / :func:`evaluate` give each sample's exit and
   prediction, the accuracy (%) and the expected cost per image;
   :func:`anytime_accuracy` and :func:`budget_curve` summarise a model.
-* :func:`thresholds_for_budget` and :func:`thresholds_for_accuracy` (not in the
-  published code) pick thresholds for a given cost or accuracy target from a
-  fine, continuous version of the same geometric family.
+
+The exit rule itself (float32 softmax, ``conf >= T``, the last exit answers the
+rest) is the contract's (``dvt_ms.contract.exit_rule``), shared with the
+deployment engine; choosing a row of the resulting table for a budget or an
+accuracy target is the contract's too (``dvt_ms.contract.thresholds.select_row``).
 
 Numerics follow the published (PyTorch, float32) code so that thresholds and
 reported figures match it exactly: confidences, exit fractions and thresholds
@@ -25,55 +27,29 @@ are float32, and the expected cost is accumulated in float32.  This matters:
 e.g. for K = 2, p = 55, N = 600 the float32 product ``N * q_0`` floors to 159
 where exact arithmetic gives 160, so float64 would pick a different threshold.
 
-No mindspore import here: this runs on a host, next to any deployment engine
-that must agree with :func:`assign_exits`.
+numpy only: no mindspore import here.
 """
-import logging
-import math
 import numbers
 
 import numpy as np
 
+from ..contract.exit_rule import ALWAYS, NEVER, exit_indices, softmax
+
 __all__ = [
-    "BUDGET_INDICES", "NEVER", "ALWAYS", "softmax",
-    "ExitScores", "exit_scores", "exit_scores_from_logits", "concatenate_scores",
+    "BUDGET_INDICES", "ExitScores", "exit_scores", "exit_scores_from_logits", "concatenate_scores",
     "exit_fractions", "find_thresholds", "assign_exits", "evaluate",
     "anytime_accuracy", "budget_curve",
-    "thresholds_for_budget", "thresholds_for_accuracy",
 ]
-
-log = logging.getLogger(__name__)
 
 #: The 59 published budgets: index p gives the geometric ratio r = p / 20.
 BUDGET_INDICES = range(1, 60)
-#: Threshold meaning "nobody exits here" (no confidence reaches it).
-NEVER = np.float32(1e8)
-#: Threshold of the last exit: everybody still running answers there.
-ALWAYS = np.float32(-1e8)
 
 _F32 = np.float32
-# Grid size of the continuous family searched by thresholds_for_*; every
-# candidate costs O(K N), so this stays fast even for N = 50,000.
-_FAMILY_GRID = 2049
-# exp(x) overflows float32 above ~88.7; keep K * |log r| below this bound.
-_MAX_LOG_SPAN = 80.0
-# Elements per temporary array when candidates are evaluated together.
-_CHUNK_ELEMENTS = 1 << 22
 
 
 # --------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------
-
-def softmax(logits):
-    """Softmax over the last axis in float32: the scores every confidence here is taken from.
-
-    The offline evaluation and the deployment engine both call this, so that equal logits give
-    bit-equal confidences on both sides of a threshold."""
-    logits = np.asarray(logits, dtype=np.float32)
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
 
 class ExitScores:
     """Every exit's confidence (max softmax score, float32) and prediction (argmax), shape (K, N) each.
@@ -122,7 +98,7 @@ def exit_scores(probs):
 def exit_scores_from_logits(logits):
     """:class:`ExitScores` of one batch: ``logits`` is a sequence of K (B, C) arrays, one per exit.
 
-    Each exit's softmax is taken in float32 (:func:`softmax`) and reduced at once, so nothing of
+    Each exit's softmax is taken in float32 (the exit rule's ``softmax``) and reduced at once, so nothing of
     size C outlives the batch; the result is bit-identical to :func:`exit_scores` of the stacked
     softmax scores."""
     confidence, prediction = [], []
@@ -315,18 +291,6 @@ def find_thresholds(scores, exit_fractions):
 # evaluation
 # --------------------------------------------------------------------------
 
-def _exits_from_conf(conf, thresholds):
-    """Exit index per sample: (K,) thresholds -> (N,), (M, K) -> (M, N)."""
-    num_exits = conf.shape[0]
-    # The last exit always answers: there is nowhere further to go.  (The
-    # reference instead drops such samples from both tallies; with its own
-    # last threshold of -1e8 the two agree.)
-    exits = np.full(thresholds.shape[:-1] + conf.shape[1:], num_exits - 1, dtype=np.int64)
-    for k in reversed(range(num_exits - 1)):  # so the first exit reached wins
-        exits = np.where(conf[k] >= thresholds[..., k, None], k, exits)
-    return exits
-
-
 def assign_exits(scores, thresholds):
     """Per-sample exit index (0-based, int64) and prediction (argmax at that exit).
 
@@ -335,7 +299,7 @@ def assign_exits(scores, thresholds):
     """
     scores = _as_scores(scores)
     thresholds = _check_thresholds(thresholds, scores)
-    exits = _exits_from_conf(scores.confidence, thresholds)
+    exits = exit_indices(scores.confidence, thresholds)
     predictions = scores.prediction[exits, np.arange(exits.shape[0])]
     return exits.astype(np.int64), predictions.astype(np.int64)
 
@@ -410,118 +374,3 @@ def budget_curve(scores, targets, flops):
             "exit_shares": counts / num_samples,
         })
     return curve
-
-
-# --------------------------------------------------------------------------
-# choosing thresholds for a target (not in the published code)
-# --------------------------------------------------------------------------
-
-def _family_fractions(num_exits, num_samples):
-    """Exit distributions searched by thresholds_for_*: the geometric family.
-
-    A log-spaced grid of r covering every r at which some n_k can still change
-    (about 1/(4N) .. 4N), the 59 published r = p/20, and the two limits:
-    everyone at the first exit (r -> 0) and everyone at the last (r -> inf).
-    """
-    span = _MAX_LOG_SPAN / num_exits
-    lo = max(-math.log(4.0 * num_samples), -span)
-    hi = min(math.log(4.0 * num_samples), span)
-    ratios = np.concatenate([np.exp(np.linspace(lo, hi, _FAMILY_GRID)),
-                             np.array(BUDGET_INDICES, dtype=np.float64) / 20])
-    ratios = np.unique(ratios)
-    limits = np.eye(num_exits, dtype=_F32)[[0, -1]]
-    return np.concatenate([limits[:1], _geometric_fractions(ratios, num_exits), limits[1:]])
-
-
-def _family_candidates(scores, flops, targets=None):
-    """Distinct threshold vectors of the family with their cost, proxy and accuracy.
-
-    Returns a dict of arrays over the M candidates, in family order (cheap end
-    first): thresholds (M, K), gflops, proxy and, given targets, accuracy.
-    The proxy is the mean confidence at the exit, the model's own estimate of
-    its accuracy, used when no labels are given.
-    """
-    conf, predictions = scores.confidence, scores.prediction
-    num_exits, num_samples = conf.shape
-    orders = _descending_orders(conf)
-    counts = _exit_counts(_family_fractions(num_exits, num_samples), num_samples)
-    # Thresholds depend on q only through the integer counts n_k (k < K-1),
-    # so many grid points collapse onto one candidate.
-    _, first = np.unique(counts[:, :-1], axis=0, return_index=True)
-    counts = counts[np.sort(first)]
-    samples = np.arange(num_samples)
-    parts = []
-    # Chunks keep the (M, K, N) temporaries to a few tens of MB at N = 50,000.
-    chunk = max(1, _CHUNK_ELEMENTS // (num_exits * num_samples))
-    for start in range(0, len(counts), chunk):
-        thresholds = _thresholds_from_counts(conf, orders, counts[start:start + chunk])
-        exits = _exits_from_conf(conf, thresholds)
-        exit_counts = np.stack([np.count_nonzero(exits == k, axis=1)
-                                for k in range(num_exits)], axis=1)
-        part = {
-            "thresholds": thresholds,
-            "gflops": _expected_cost(exit_counts, num_samples, flops),
-            "proxy": conf[exits, samples].mean(axis=1, dtype=np.float64),
-        }
-        if targets is not None:
-            correct = np.count_nonzero(predictions[exits, samples] == targets, axis=1)
-            part["accuracy"] = _accuracy(correct, num_samples)
-        parts.append(part)
-    log.debug("threshold family: %d distinct candidates", len(counts))
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def _check_target(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def thresholds_for_budget(scores, flops, target_gflops):
-    """Thresholds whose expected cost on ``scores`` is <= ``target_gflops``.
-
-    Among the geometric family (published q with continuous r, plus its
-    limits) the feasible candidate with the highest mean confidence at exit
-    wins (lower cost breaks ties).  A fixed candidate set means a larger
-    budget never yields a lower proxy.  Needs no labels, so ``scores`` may be
-    any unlabelled calibration set.  Cost is measured as :func:`evaluate`
-    reports it (published float32 arithmetic).
-    """
-    scores = _as_scores(scores)
-    flops = _check_flops(flops, scores)
-    target = _check_target(target_gflops, "target_gflops")
-    family = _family_candidates(scores, flops)
-    feasible = np.flatnonzero(family["gflops"] <= target)
-    if feasible.size == 0:
-        cheapest = family["gflops"].min()
-        raise ValueError(f"target_gflops={target:g} is below the cheapest attainable expected "
-                         f"cost, {cheapest:.9g} GFLOPs per image (every sample leaving at exit "
-                         f"1); attainable range is [{cheapest:.9g}, {family['gflops'].max():.9g}]")
-    # Highest proxy first, then lowest cost.
-    ranked = np.lexsort((family["gflops"][feasible], -family["proxy"][feasible]))
-    return family["thresholds"][feasible[ranked[0]]]
-
-
-def thresholds_for_accuracy(scores, targets, flops, target_accuracy):
-    """The cheapest thresholds of the family reaching ``target_accuracy`` (%).
-
-    Accuracy is measured on the labelled calibration set (``scores``,
-    ``targets``); among candidates reaching the target the lowest expected
-    cost wins (higher accuracy breaks ties).
-    """
-    scores = _as_scores(scores)
-    targets = _check_targets(targets, scores)
-    flops = _check_flops(flops, scores)
-    target = _check_target(target_accuracy, "target_accuracy")
-    if not 0.0 <= target <= 100.0:
-        raise ValueError(f"target_accuracy is a percentage in [0, 100], got {target:g}")
-    family = _family_candidates(scores, flops, targets)
-    feasible = np.flatnonzero(family["accuracy"] >= target)
-    if feasible.size == 0:
-        top = np.lexsort((family["gflops"], -family["accuracy"]))[0]
-        raise ValueError(f"target_accuracy={target:g}% is not reachable on this calibration "
-                         f"set: the best thresholds found reach {family['accuracy'][top]:.4g}% "
-                         f"(at {family['gflops'][top]:.6g} GFLOPs per image)")
-    # Lowest cost first, then highest accuracy.
-    ranked = np.lexsort((-family["accuracy"][feasible], family["gflops"][feasible]))
-    return family["thresholds"][feasible[ranked[0]]]

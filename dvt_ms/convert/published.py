@@ -3,15 +3,18 @@
     python -m dvt_ms.convert SRC.pth.tar DST.ckpt --model NAME [key=value ...]
 
 Writes DST.ckpt and, beside it, DST.published.yaml with the checkpoint's published results
-(flops, anytime_classification, dynamic_threshold, budgeted_batch_classification) and the model
-it belongs to. Any missing, unexpected or wrongly shaped key is an error and nothing is written.
+(flops, anytime_classification, dynamic_threshold, budgeted_batch_classification), the model it
+belongs to and the digest of the converted weights: run_export.sh --thresholds takes it as the
+thresholds document of these weights (``dvt_ms.contract.thresholds.thresholds_from_published``). Any missing, unexpected or wrongly shaped key is an error and nothing is written.
 """
+import dataclasses
 import logging
 import os
 import re
 
 import numpy as np
 
+from ..contract.digest import digest_of
 from ..errors import CheckpointFormatError, ConversionError
 from ..fileio import atomic_write, atomic_write_text, check_output_file
 from ..models.presets import build_config, list_presets
@@ -133,11 +136,11 @@ def published_results_path(ckpt_path):
     return root + ".published.yaml"
 
 
-def _published_results(checkpoint, model_name, overrides):
+def _published_results(checkpoint, model_name, overrides, digest):
     def plain(value):
         return np.asarray(value, dtype=np.float64).tolist()
 
-    results = {"model": model_name, "overrides": dict(overrides)}
+    results = {"model": model_name, "overrides": dict(overrides), "digest": digest}
     for key in ("flops", "anytime_classification", "dynamic_threshold", "budgeted_batch_classification"):
         if key in checkpoint:
             results[key] = plain(checkpoint[key])
@@ -176,7 +179,8 @@ def convert_checkpoint(src, dst, model_name, overrides=None):
                                   f"{published.embed_dim}, {published.depth} blocks per exit): try "
                                   f"--model {preset}\n{error}") from None
         raise
-    results = _published_results(checkpoint, model_name, overrides)
+    results = _published_results(checkpoint, model_name, overrides,
+                                 digest_of(dataclasses.asdict(config), arrays.items()))
 
     params = [{"name": name, "data": ms.Tensor(array)} for name, array in arrays.items()]
     atomic_write(str(dst), lambda tmp: ms.save_checkpoint(params, tmp))

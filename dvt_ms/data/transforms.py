@@ -2,7 +2,8 @@
 
 Training: RandomResizedCrop, flip, RandAugment, random erasing (mindcv ``create_transforms``),
 batching plus mixup/cutmix (``create_loader``). Evaluation: resize round(img_size / crop_pct),
-center crop, normalise. A sample whose reading, decoding or transforms fail is replaced by another
+center crop, normalise. Both normalise, and evaluation resizes and crops, by the contract's
+preprocessing record (``dvt_ms.contract.preprocessing``), the one export writes into the manifest. A sample whose reading, decoding or transforms fail is replaced by another
 one (ErrorSamplesMode.REPLACE) and named by ``batches.SampleTracker``.
 """
 import logging
@@ -13,7 +14,10 @@ import numpy as np
 from mindcv.data import create_loader, create_transforms
 from mindspore.dataset import vision
 
-__all__ = ["build_transforms", "epoch_loader", "eval_transforms", "make_loader", "usable_workers"]
+from ..contract.preprocessing import preprocess_record, preset_preprocessing
+
+__all__ = ["build_transforms", "epoch_loader", "eval_transforms", "make_loader", "run_preprocessing",
+           "usable_workers"]
 
 _logger = logging.getLogger(__name__)
 _capped = set()   # num_workers values already warned about (one warning per value and process)
@@ -43,25 +47,39 @@ def _for_decoded_images(transforms):
     return adapted
 
 
+def run_preprocessing(config, img_size):
+    """The run's preprocessing record: the config's crop_pct and interpolation, the preset's mean
+    and std (what export writes into the manifest)."""
+    defaults = preset_preprocessing(config.model)
+    return preprocess_record(img_size, config.crop_pct, config.interpolation, defaults["mean"], defaults["std"])
+
+
 def build_transforms(config, img_size, is_training, encoded):
     """mindcv's ImageNet train or eval transforms for ``img_size`` inputs."""
+    preprocess = run_preprocessing(config, img_size)
     if is_training:
         transforms = create_transforms(
             "imagenet", image_resize=img_size, is_training=True, auto_augment=config.auto_augment,
-            scale=config.scale, ratio=config.ratio, hflip=config.hflip, interpolation=config.interpolation,
-            re_prob=config.re_prob)
+            scale=config.scale, ratio=config.ratio, hflip=config.hflip, interpolation=preprocess["interpolation"],
+            re_prob=config.re_prob, mean=_scaled(preprocess["mean"]), std=_scaled(preprocess["std"]))
     else:
-        transforms = eval_transforms(img_size, config.crop_pct, config.interpolation)
+        transforms = eval_transforms(preprocess)
     return transforms if encoded else _for_decoded_images(transforms)
 
 
-def eval_transforms(img_size, crop_pct, interpolation):
-    """mindcv's evaluation transforms of encoded images: decode, resize to round(img_size / crop_pct)
-    (256 for 224), center crop, normalise. The deployment engine applies the very same ops."""
-    resize = round(img_size / crop_pct)
+def _scaled(fractions):
+    """mindcv normalises with statistics on the 0-255 scale."""
+    return [255.0 * value for value in fractions]
+
+
+def eval_transforms(preprocess):
+    """mindcv's evaluation transforms of encoded images for a preprocessing record: decode, resize
+    to ``resize`` (256 for 224), center crop, normalise. The deployment engine applies the very same ops."""
+    img_size, resize = preprocess["img_size"], preprocess["resize"]
     # mindcv resizes to floor(img_size / crop_pct); this crop_pct makes that exactly `resize`.
     return create_transforms("imagenet", image_resize=img_size, is_training=False,
-                             crop_pct=img_size / (resize + 0.5), interpolation=interpolation)
+                             crop_pct=img_size / (resize + 0.5), interpolation=preprocess["interpolation"],
+                             mean=_scaled(preprocess["mean"]), std=_scaled(preprocess["std"]))
 
 
 def make_loader(data, indices, config, img_size, num_classes, is_training, num_workers):

@@ -1,6 +1,7 @@
 """Command line: early-exit inference on an exported model directory (no model code needed).
 
-    python -m dvt_ms.deploy --model DIR [--thresholds T.yaml | --budget GFLOPS] IMAGE_OR_FOLDER ... [--out FILE]
+    python -m dvt_ms.deploy --model DIR [--thresholds T.yaml] [--budget GFLOPS | --accuracy PCT]
+                            IMAGE_OR_FOLDER ... [--out FILE] [--compare] [--top_k K]
 
 Needs MindSpore, numpy, Pillow and PyYAML only: the exported graphs and manifest.yaml say
 everything (the model code, mindcv and the training stack are never imported).
@@ -8,31 +9,21 @@ everything (the model code, mindcv and the training stack are never imported).
 import json
 import logging
 import math
-import os
 import sys
 import time
 
 from .. import cli
+from ..contract.digest import ACCEPT_MISMATCH_FLAG
+from ..contract.manifest import load_manifest
+from ..device import use_device
 from ..errors import InferenceError
 from ..fileio import atomic_write_text, check_distinct_outputs, check_output_file
+from .classifier import select_exit_thresholds
 from .engine import EarlyExitEngine
-from .infer import (RESULTS_FILE, SUMMARY_FILE, collect_images, format_summary, labels_in_model_order,
-                    run_inference, write_results)
-from .manifest import MANIFEST_NAME, load_manifest, load_thresholds, select_budget
+from .infer import (ANSWERS_SHOWN, RESULTS_FILE, SUMMARY_FILE, collect_images, format_answers, format_summary,
+                    labels_in_model_order, run_inference, write_results)
 
 LOGGER = logging.getLogger(__name__)
-
-
-def _exit_thresholds(args, manifest):
-    document = load_thresholds(args.thresholds, manifest) if args.thresholds else manifest.get("thresholds")
-    source = args.thresholds or os.path.join(args.model, MANIFEST_NAME)
-    if args.budget is not None:
-        if document is None:
-            raise InferenceError(f"--budget needs calibrated thresholds; {source} has none")
-        return select_budget(document, args.budget, source)
-    if document is None:
-        raise InferenceError(f"{source} has no thresholds: pass --thresholds T.yaml or --budget GFLOPS")
-    return [float(t) for t in document["exit_thresholds"]]
 
 
 def _run(args):
@@ -40,25 +31,34 @@ def _run(args):
         raise InferenceError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
         raise InferenceError(f"--budget must be a positive number of GFLOPs per image, got {args.budget}")
+    if args.top_k < 1:
+        raise InferenceError(f"--top_k must be at least 1, got {args.top_k}")
     check_distinct_outputs(out=args.out, summary=args.summary)
     check_output_file(args.out, kind=RESULTS_FILE)
     check_output_file(args.summary, kind=SUMMARY_FILE)
     manifest = load_manifest(args.model)
-    exit_thresholds = _exit_thresholds(args, manifest)
+    exit_thresholds, row, _ = select_exit_thresholds(args.model, manifest, args.thresholds, args.budget,
+                                                     args.accuracy, args.accept_thresholds_mismatch)
     paths, labels, folder_names = collect_images(args.inputs)
     labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
-    from ..device import use_device   # MindSpore loads slowly: only once the inputs are checked
-    use_device(args.device_target)
+    device = use_device(args.device_target)
     engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size)
     begin = time.perf_counter()
     engine.warm_up()
-    LOGGER.info("compiled %d exits at batch sizes %s in %.1fs", engine.num_exits, engine.buckets,
+    LOGGER.info("compiled %d exits at batch sizes %s on %s in %.1fs", engine.num_exits, engine.buckets, device,
                 time.perf_counter() - begin)
-    records, summary = run_inference(engine, paths, labels, exit_thresholds, args.batch_size, not args.no_compare)
+    records, summary = run_inference(engine, paths, labels, exit_thresholds, args.batch_size, args.compare,
+                                     args.top_k)
+    if row is not None:
+        asked = {"budget_gflops": args.budget} if args.budget is not None else {"target_accuracy": args.accuracy}
+        summary["selected"] = {**asked, **{key: row[key] for key in ("budget_index", "calibration_gflops",
+                                                                       "calibration_accuracy") if key in row}}
     if args.out:
         write_results(args.out, records)
     if args.summary:
         atomic_write_text(args.summary, json.dumps(summary, indent=1))
+    if len(records) <= ANSWERS_SHOWN:
+        print(format_answers(records, engine.num_exits))
     print(format_summary(summary, engine.num_exits))
     written = " and ".join(path for path in (args.out, args.summary) if path)
     if written:
@@ -75,16 +75,25 @@ def _run(args):
 def main(argv=None):
     parser = cli.argument_parser("dvt_ms.deploy", __doc__)
     parser.add_argument("--model", required=True, help="directory written by run_export.sh")
+    parser.add_argument("--thresholds", help="thresholds YAML from run_eval.sh (default: the manifest's); it must "
+                        "be calibrated on the exported weights")
     choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--thresholds", help="thresholds YAML from run_eval.sh (default: the manifest's)")
-    choice.add_argument("--budget", type=float, help="GFLOPs per image: use the best calibrated setting within it")
+    choice.add_argument("--budget", type=float, help="GFLOPs per image: the most accurate calibrated setting whose "
+                        "calibration cost fits it")
+    choice.add_argument("--accuracy", type=float, help="top-1 %%: the cheapest calibrated setting reaching it on the "
+                        "calibration images")
+    parser.add_argument(ACCEPT_MISMATCH_FLAG, action="store_true",
+                        help="use thresholds calibrated on other weights (or recording none) anyway")
     parser.add_argument("inputs", nargs="+", help="images and/or folders (class subfolders give accuracy)")
     parser.add_argument("--out", help="per-image results, .csv or .json")
     parser.add_argument("--summary", help="write the summary as JSON here")
     parser.add_argument("--batch_size", type=int, default=32,
                         help="images per exit call; 1 = streaming, with latency percentiles in the summary")
-    parser.add_argument("--no_compare", action="store_true", help="skip the all-exits pass that measures speedup")
-    parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    parser.add_argument("--top_k", type=int, default=1, help="also give the K best classes at the answering exit")
+    parser.add_argument("--compare", action="store_true",
+                        help="also run every image through every exit (no early exit) to measure the speedup")
+    parser.add_argument("--device_target", default="auto", choices=["auto", "CPU", "GPU", "Ascend"],
+                        help="auto: Ascend, then GPU, then CPU")
     args = parser.parse_args(argv)
     cli.setup_logging(timestamps=False)
     return cli.run(lambda: _run(args), defer_interrupts=True)

@@ -6,8 +6,9 @@ threshold are answered, the others join exit k+1's queue with their reuse tensor
 device). So every exit runs full batches, whatever share of the images reaches it, and ``finish``
 runs what is left. With a batch size of 1 every image goes through at once (streaming).
 
-The exit rule is the calibration's (``dvt_ms.calibrate.search``: float32 softmax on the host,
-``confidence >= threshold``), so the engine and the offline evaluation agree image by image.
+The exit rule is the contract's (``dvt_ms.contract.exit_rule``: float32 softmax on the host,
+``confidence >= threshold``, the last exit answers the rest), the one calibration evaluates, so the
+engine and the offline evaluation agree image by image.
 """
 import contextlib
 import os
@@ -16,9 +17,9 @@ import tempfile
 
 import numpy as np
 
-from ..calibrate.search import softmax
+from ..contract.exit_rule import accepts, softmax, top_classes
+from ..contract.manifest import load_manifest
 from ..errors import ManifestError
-from .manifest import load_manifest
 
 __all__ = ["bucket_sizes", "EarlyExitEngine", "EarlyExitRun"]
 
@@ -141,12 +142,13 @@ class EarlyExitEngine:
             reused = tuple(outputs[1:])
         return np.stack(logits)
 
-    def run(self, exit_thresholds, batch_size=None):
+    def run(self, exit_thresholds, batch_size=None, top_k=1):
         """A new ``EarlyExitRun`` with these thresholds (one per exit; the last is ignored)."""
-        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch)
+        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch, top_k)
 
     def classify(self, images, exit_thresholds):
-        """(exit index, class, confidence) per image of ``images`` (B, 3, H, W) float32."""
+        """(exit index, class, confidence) arrays over ``images`` (B, 3, S, S) float32, preprocessed
+        (``dvt_ms.deploy.Classifier`` takes files, PIL images or pixels and gives class names)."""
         run = self.run(exit_thresholds)
         run.push(images)
         run.finish()
@@ -194,10 +196,11 @@ class EarlyExitRun:
 
     ``push(images)`` queues images (B, 3, S, S) and runs every exit that has a full batch;
     ``finish()`` runs the rest; ``results()`` gives (exit index, class, confidence) per image in
-    push order. ``answered`` counts the images classified so far (all of them after a push when
-    the batch size is 1)."""
+    push order, and ``top_k()`` the ``top_k`` best classes and their scores at the answering exit.
+    ``answered`` counts the images classified so far (all of them after a push when the batch
+    size is 1)."""
 
-    def __init__(self, engine, exit_thresholds, batch_size):
+    def __init__(self, engine, exit_thresholds, batch_size, top_k=1):
         from mindspore import ops
         if len(exit_thresholds) != engine.num_exits:
             raise ValueError(f"{len(exit_thresholds)} thresholds for {engine.num_exits} exits")
@@ -206,10 +209,11 @@ class EarlyExitRun:
         self.engine = engine
         self.batch_size = batch_size
         self.thresholds = np.asarray(exit_thresholds, np.float32)
+        self.top_k_count = max(1, int(top_k))
         self.queues = [_Queue() for _ in range(engine.num_exits)]
         self.pushed = 0
         self.answered = 0
-        self._answers = []      # (positions, exit index, classes, confidences) per exit call
+        self._answers = []      # (positions, exit index, top classes, their scores) per exit call
         self._ops = ops
 
     def push(self, images):
@@ -247,10 +251,8 @@ class EarlyExitRun:
             reused = tuple(tensor[pad] for tensor in reused)
         outputs = engine.call_exit(k, ms.Tensor(_pad_rows(images, bucket)), reused)
         probs = softmax(outputs[0].asnumpy()[:count])      # the padding rows are dropped
-        confidence = probs.max(axis=1)
-        last = k == engine.num_exits - 1
-        done = np.ones(count, bool) if last else confidence >= self.thresholds[k]
-        self._answers.append((positions[done], k, probs[done].argmax(axis=1), confidence[done]))
+        done = accepts(probs.max(axis=1), self.thresholds[k], is_last=k == engine.num_exits - 1)
+        self._answers.append((positions[done], k, *top_classes(probs[done], self.top_k_count)))
         self.answered += int(done.sum())
         if not done.all():
             rows = np.flatnonzero(~done)
@@ -259,18 +261,37 @@ class EarlyExitRun:
 
     def results(self):
         """(exit index, class, confidence) arrays over the pushed images, in push order."""
-        if self.answered < self.pushed:
-            raise RuntimeError(f"{self.pushed - self.answered} images are still queued: call finish() first")
+        self._check_finished()
         return self.answered_results()[1:]
+
+    def top_k(self):
+        """(classes, scores) arrays (N, top_k) over the pushed images in push order: the best
+        classes at the answering exit, best first."""
+        self._check_finished()
+        return self.answered_top_k()
 
     def answered_results(self):
         """(positions, exit index, class, confidence) arrays of the images answered so far, in push
         order: all of them after ``finish()``, what an interrupted run can still report before it."""
+        positions, exit_index, classes, scores = self._answered()
+        return positions, exit_index, classes[:, 0], scores[:, 0]
+
+    def answered_top_k(self):
+        """(classes, scores) (n, top_k) of the images answered so far, in the order of ``answered_results``."""
+        return self._answered()[2:]
+
+    def _check_finished(self):
+        if self.answered < self.pushed:
+            raise RuntimeError(f"{self.pushed - self.answered} images are still queued: call finish() first")
+
+    def _answered(self):
+        count = min(self.top_k_count, self.engine.manifest["num_classes"])
         if not self._answers:
-            return (np.zeros(0, np.int64),) * 3 + (np.zeros(0, np.float32),)
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, count), np.int64),
+                    np.zeros((0, count), np.float32))
         positions = np.concatenate([answer[0] for answer in self._answers])
         exit_index = np.concatenate([np.full(len(answer[0]), answer[1], np.int64) for answer in self._answers])
         classes = np.concatenate([answer[2] for answer in self._answers]).astype(np.int64)
-        confidences = np.concatenate([answer[3] for answer in self._answers]).astype(np.float32)
+        scores = np.concatenate([answer[3] for answer in self._answers]).astype(np.float32)
         order = np.argsort(positions, kind="stable")
-        return positions[order], exit_index[order], classes[order], confidences[order]
+        return positions[order], exit_index[order], classes[order], scores[order]

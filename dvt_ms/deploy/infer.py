@@ -3,9 +3,10 @@
 Images are preprocessed a batch at a time and pushed into an ``EarlyExitRun`` (``engine.py``):
 exit 1 answers the confident ones, the others go on with their reuse tensors to exit 2, and so
 on; the last exit answers the rest. Results per image (path, class, confidence, exit) go to a CSV
-or JSON file; the summary gives the share of images at each exit, the time of preprocessing and
-of the model part, the FLOPs-predicted speedup beside the measured one (model part), batch-1
-latency percentiles when streaming and, when the folder has class subfolders, the accuracy.
+or JSON file, and for a handful of images on the screen (``format_answers``); the summary gives the
+share of images at each exit, the time of preprocessing and of the model part, the FLOPs-predicted
+speedup (and, on request, the measured one: every image run through every exit a second time),
+batch-1 latency percentiles when streaming and, when the folder has class subfolders, the accuracy.
 """
 import csv
 import io
@@ -22,10 +23,13 @@ from ..fileio import OutputFileKind, atomic_write_text
 from ..imagefolder import IMAGE_EXTENSIONS, class_folders, image_files
 from .preprocess import Preprocessor, UnreadableImageError
 
-__all__ = ["RESULTS_FILE", "SUMMARY_FILE", "collect_images", "labels_in_model_order", "run_inference",
-           "format_summary", "write_results"]
+__all__ = ["ANSWERS_SHOWN", "RESULTS_FILE", "SUMMARY_FILE", "collect_images", "labels_in_model_order",
+           "run_inference", "format_answers", "format_summary", "write_results"]
 
 LOGGER = logging.getLogger(__name__)
+
+#: Up to this many images, inference prints each answer (class, confidence, exit).
+ANSWERS_SHOWN = 20
 
 _RECORD_FIELDS = ("path", "class_index", "class", "confidence", "exit")   # then label, correct with labels
 
@@ -104,16 +108,17 @@ def labels_in_model_order(labels, folder_names, model_class_names, source):
     return index[labels]
 
 
-def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare_all_exits=True):
+def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare_all_exits=False, top_k=1):
     """Classify ``paths`` with early exit. Returns (per-image records, summary dict).
 
     ``labels`` (or None) are in the model's class order. Unreadable images are reported and
     skipped. Preprocessing and the model part are timed apart; with ``compare_all_exits`` the
     same batches are also run through every exit (no early exit) to measure the speedup of the
-    model part. With ``batch_size`` 1 (streaming) every image is classified as it comes and the
-    summary gives latency percentiles."""
+    model part (each image then runs twice). With ``batch_size`` 1 (streaming) every image is
+    classified as it comes and the summary gives latency percentiles. ``top_k`` > 1 adds the best
+    classes at the answering exit to each record."""
     preprocess = Preprocessor(engine.manifest["preprocess"])
-    run = engine.run(exit_thresholds, batch_size)
+    run = engine.run(exit_thresholds, batch_size, top_k)
     kept_paths, kept_labels, skipped = [], [], []
     seconds = {"preprocess": 0.0, "early_exit": 0.0, "every_exit": 0.0}
     streaming = {"preprocess": [], "early_exit": [], "every_exit": []}     # per image, batch size 1
@@ -162,13 +167,18 @@ def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare
         raise interrupted
     if not kept_paths:
         raise InferenceError(f"none of the {len(paths)} images could be read")
+    top_k_classes, top_k_scores = run.answered_top_k()
     kept_paths = [kept_paths[i] for i in positions]
     kept_labels = [kept_labels[i] for i in positions]
     names = engine.manifest.get("class_names")
     records = []
-    for path, label, k, prediction, confidence in zip(kept_paths, kept_labels, exits, predictions, confidences):
-        record = dict(zip(_RECORD_FIELDS, (path, int(prediction), names[prediction] if names else str(int(prediction)),
+    for index, (path, label, k, prediction, confidence) in enumerate(zip(kept_paths, kept_labels, exits,
+                                                                           predictions, confidences)):
+        record = dict(zip(_RECORD_FIELDS, (path, int(prediction), _class_name(names, prediction),
                                            float(confidence), int(k) + 1)))
+        if top_k > 1:
+            record["top_k"] = "; ".join(f"{_class_name(names, c)} {p:.4f}"
+                                        for c, p in zip(top_k_classes[index], top_k_scores[index]))
         if labels is not None:
             record["label"] = int(label)
             record["correct"] = bool(prediction == label)
@@ -179,6 +189,10 @@ def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare
     if batch_size == 1:
         summary["latency_ms"] = _latency(streaming, exits, engine.num_exits)
     return records, summary
+
+
+def _class_name(names, index):
+    return names[index] if names else str(int(index))
 
 
 def _percentiles(seconds):
@@ -237,8 +251,23 @@ def write_results(path, records):
     atomic_write_text(path, text)
 
 
+def format_answers(records, num_exits):
+    """One line per image: its class, confidence and exit (and its top-k when recorded)."""
+    lines = []
+    for record in records:
+        line = (f"{record['path']}: {record['class']} (confidence {record['confidence']:.3f}, "
+                f"exit {record['exit']} of {num_exits})")
+        if "top_k" in record:
+            line += f"; top {record['top_k'].count(';') + 1}: {record['top_k']}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def format_summary(summary, num_exits):
     lines = [f"images: {summary['images']} classified, {len(summary['skipped'])} skipped (unreadable)"]
+    selected = summary.get("selected")
+    if selected:
+        lines.append(_format_selection(selected))
     lines += [f"exit {k + 1}: {100 * share:.1f}% of images (threshold {summary['exit_thresholds'][k]:.4g})"
               for k, share in enumerate(summary["exit_shares"])]
     if "accuracy" in summary:
@@ -254,7 +283,8 @@ def format_summary(summary, num_exits):
         lines.append(f"speedup over all exits (model part): measured {summary['measured_speedup']:.2f}x, "
                      f"FLOPs-predicted {summary['predicted_speedup']:.2f}x")
     else:
-        lines.append(f"FLOPs-predicted speedup over all exits: {summary['predicted_speedup']:.2f}x")
+        lines.append(f"FLOPs-predicted speedup over all exits: {summary['predicted_speedup']:.2f}x "
+                     "(--compare measures it: every image then runs through every exit too)")
     latency = summary.get("latency_ms")
     if latency:
         lines.append(f"latency per image (batch size 1), model part: p50 {latency['model']['p50']:.2f} ms, "
@@ -268,3 +298,14 @@ def format_summary(summary, num_exits):
             lines.append(f"  every exit, no early exit: p50 {latency['every_exit']['p50']:.2f} ms, "
                          f"p95 {latency['every_exit']['p95']:.2f} ms")
     return "\n".join(lines)
+
+
+def _format_selection(selected):
+    """Which calibrated setting a budget or target accuracy picked, and on what it was matched."""
+    if "budget_gflops" in selected:
+        asked = f"budget {selected['budget_gflops']:g} GFLOPs per image"
+    else:
+        asked = f"target accuracy {selected['target_accuracy']:g}%"
+    return (f"{asked}: setting {selected['budget_index']} of the budget table, matched on its calibration figures "
+            f"({selected['calibration_gflops']:.4f} GFLOPs per image, {selected['calibration_accuracy']:.2f}% on the "
+            "calibration images); the expected GFLOPs below are measured on these images")

@@ -1,7 +1,8 @@
-"""Deployment preprocessing, driven by the manifest: an image file -> the (3, S, S) float32 the exits take.
+"""Deployment preprocessing, driven by the manifest: an image (a file, a PIL image or an array) ->
+the (3, S, S) float32 the exits take.
 
 The steps are the validation pipeline's (mindcv's evaluation transforms), with the manifest's
-``preprocess`` values (docs/deployment.md):
+``preprocess`` record (``dvt_ms.contract.preprocessing``; docs/deployment.md):
 
 1. decode by the project's one rule (``dvt_ms.imagedecode``, shared with training and the image
    check): Pillow, any mode to 8-bit RGB, 16-bit samples keep their high byte;
@@ -14,26 +15,36 @@ Decoding with Pillow rather than MindSpore's decoder gives a reason a user can a
 unreadable file; on 8-bit JPEG, PNG, BMP and TIFF images both decoders give the same pixels
 (tests/test_deploy.py compares the whole chain with the validation pipeline).
 """
+import os
+
 import numpy as np
+from PIL import Image
 
-from ..imagedecode import UnreadableImageError, decode_rgb
+from ..imagedecode import UnreadableImageError, decode_rgb, to_rgb
 
-__all__ = ["INTERPOLATIONS", "resize_for_crop", "UnreadableImageError", "decode_rgb", "Preprocessor"]
-
-#: Interpolations the manifest may name: the config's choices, as MindSpore's Resize knows them.
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+__all__ = ["UnreadableImageError", "decode_rgb", "rgb_pixels", "Preprocessor"]
 
 
-def resize_for_crop(img_size, crop_pct):
-    """The shorter side images are resized to before the center crop of ``img_size``: the one
-    rule relating ``crop_pct`` to the manifest's ``resize`` (224 and 0.875 give 256)."""
-    return round(img_size / crop_pct)
+def rgb_pixels(image):
+    """(H, W, 3) uint8 RGB pixels of ``image``: a file path, a PIL image, or an array already
+    decoded ((H, W, 3) RGB or (H, W) grey, uint8), by the one decode rule. UnreadableImageError says why not."""
+    if isinstance(image, (str, os.PathLike)):
+        return decode_rgb(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise UnreadableImageError(f"expected an (H, W, 3) RGB or (H, W) grey uint8 array, got "
+                                       f"{image.dtype} {image.shape}")
+        return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+    raise UnreadableImageError(f"expected a file path, a PIL image or a uint8 array, got {type(image).__name__}")
 
 
 class Preprocessor:
-    """``Preprocessor(manifest["preprocess"])(path)`` -> (3, img_size, img_size) float32.
+    """``Preprocessor(manifest["preprocess"])(image)`` -> (3, img_size, img_size) float32, for an
+    image file path, a PIL image or a uint8 RGB array (``rgb_pixels``).
 
-    ``preprocess`` is a checked manifest section (``dvt_ms.deploy.manifest.load_manifest``)."""
+    ``preprocess`` is a checked manifest section (``dvt_ms.contract.manifest.load_manifest``)."""
 
     def __init__(self, preprocess):
         from mindspore.dataset import vision
@@ -45,9 +56,9 @@ class Preprocessor:
                                       std=[255.0 * s for s in preprocess["std"]]),
                      vision.HWC2CHW()]
 
-    def __call__(self, path):
+    def __call__(self, image):
         """The preprocessed image, or UnreadableImageError with the reason it cannot be read."""
-        pixels = decode_rgb(path)
+        pixels = rgb_pixels(image)
         try:
             for op in self._ops:
                 pixels = op(pixels)

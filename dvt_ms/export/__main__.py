@@ -42,13 +42,13 @@ def _class_names(config, num_classes, run_dir):
 
 def _run(args):
     from ..checkpoint import load_model_weights
-    from ..deploy.manifest import check_thresholds_fit, read_thresholds
-    from ..deploy.preprocess import resize_for_crop
+    from ..contract.preprocessing import preprocess_record, preset_preprocessing
+    from ..contract.thresholds import check_thresholds, read_thresholds
     from ..device import use_device
     from ..fileio import prepare_staged_directory
     from ..models import DVT
     from ..runrecord import config_for_checkpoint
-    from .writer import EXPORT_FOLDER, IMAGENET_MEAN, IMAGENET_STD, export_model
+    from .writer import EXPORT_FOLDER, export_model
 
     config, run_dir = config_for_checkpoint(args.config, args.ckpt, cli.parse_overrides(args.overrides),
                                             command="export")
@@ -56,31 +56,37 @@ def _run(args):
     thresholds = None
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
-        check_thresholds_fit(thresholds, config.model, config.arch.num_exits, args.thresholds)
+        check_thresholds(thresholds, config.model, config.arch.num_exits, args.thresholds)
     use_device(config.device_target)
     model = DVT(config.arch)
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
-    preprocess = {"img_size": model.config.img_size, "crop_pct": config.crop_pct,
-                  "resize": resize_for_crop(model.config.img_size, config.crop_pct),
-                  "interpolation": config.interpolation, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    defaults = preset_preprocessing(config.model)
+    preprocess = preprocess_record(model.config.img_size, config.crop_pct, config.interpolation,
+                                   defaults["mean"], defaults["std"])
     export_model(model, args.out, config.model, preprocess, _class_names(config, model.config.num_classes, run_dir),
-                 thresholds, args.overwrite, args.precision)
+                 thresholds, args.overwrite, args.precision, args.accept_thresholds_mismatch,
+                 thresholds_source=args.thresholds)
     print(f"exported {model.config.num_exits} exits to {args.out}")
 
 
 def main(argv=None):
-    from .writer import PRECISIONS
+    from ..contract.digest import ACCEPT_MISMATCH_FLAG
+    from ..contract.precision import DEFAULT_PRECISION, PRECISIONS
 
     parser = cli.argument_parser("dvt_ms.export", __doc__)
     parser.add_argument("config", help="YAML config of the model (when --ckpt lies in a training run's folder, "
                         "the model, class names and preprocessing come from that run's config.yaml)")
     parser.add_argument("--ckpt", required=True, help="converted published or trained checkpoint")
     parser.add_argument("--out", required=True, help="directory for exit*.mindir and manifest.yaml")
-    parser.add_argument("--thresholds", help="thresholds.yaml from run_eval.sh, stored in the manifest")
+    parser.add_argument("--thresholds", help="thresholds.yaml from run_eval.sh (or the X.published.yaml the converter "
+                        "wrote beside a converted checkpoint), stored in the manifest; it must be calibrated on "
+                        "these weights")
+    parser.add_argument(ACCEPT_MISMATCH_FLAG, action="store_true",
+                        help="store thresholds calibrated on other weights (or recording none) anyway")
     parser.add_argument("--no_ema", action="store_true", help="use the model weights even if the checkpoint has EMA")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (a folder holding anything "
                         "else is never replaced)")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="float32",
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help="compute dtype of the graphs; float16/bfloat16 keep LayerNorm and the model's float32 "
                              "islands in float32 (convert them for Ascend with precision_mode=enforce_origin)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

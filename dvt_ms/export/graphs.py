@@ -3,37 +3,14 @@ what the next exit reuses out, all with a dynamic batch dimension."""
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["exit_signature", "ExitGraph"]
+from ..contract.signature import exit_signature
 
-
-def exit_signature(config, exit_index):
-    """Names and shapes (-1 = dynamic batch) of exit ``exit_index``'s inputs and outputs."""
-    def feature(grid):
-        return [-1, 1 + grid * grid, config.embed_dim]
-
-    def relations(grid):
-        tokens = 1 + grid * grid
-        return [-1, config.num_heads * config.depth, tokens, tokens]
-
-    geometry = config.exits[exit_index]
-    inputs = [{"name": "images", "shape": [-1, 3, config.img_size, config.img_size]}]
-    if geometry.feature_reuse:
-        inputs.append({"name": "prev_feature", "shape": feature(geometry.prev_grid)})
-    if geometry.relation_reuse:
-        inputs.append({"name": "prev_relations", "shape": relations(geometry.prev_grid)})
-    outputs = [{"name": "logits", "shape": [-1, config.num_classes]}]
-    if exit_index + 1 < config.num_exits:
-        successor = config.exits[exit_index + 1]
-        if successor.feature_reuse:
-            outputs.append({"name": "feature", "shape": feature(geometry.grid)})
-        if successor.relation_reuse:
-            outputs.append({"name": "relations", "shape": relations(geometry.grid)})
-    return {"inputs": inputs, "outputs": outputs}
+__all__ = ["ExitGraph"]
 
 
 class ExitGraph(nn.Cell):
     """Exit ``exit_index`` as deployed: ``(images, *reuse inputs) -> (logits, *reuse outputs)``,
-    in the order of ``exit_signature``. Inputs and outputs are float32 whatever precision the
+    in the order of the contract's ``exit_signature``. Inputs and outputs are float32 whatever precision the
     stage computes in."""
 
     def __init__(self, model, exit_index):

@@ -1,10 +1,9 @@
 """The training run: build everything from a ``RunConfig``, train, validate, checkpoint, resume.
 
 Recipe (docs/training.md): loss = sum of the exits' cross-entropies (mindcv ``create_loss``, label
-smoothing / soft mixup targets), mindcv AdamW, warm-up + cosine schedule with cool-down (mindcv
-``create_scheduler``), optional EMA and gradient clipping, mixed precision per device. The step is
-one compiled graph (``TrainStep``); under msrun every rank trains on its shard and gradients are
-averaged across ranks.
+smoothing / soft mixup targets), the authors' AdamW and learning-rate curve (``optim``), optional
+EMA and gradient clipping, mixed precision per device. The step is one compiled graph
+(``TrainStep``); under msrun every rank trains on its shard and gradients are averaged across ranks.
 
 The loop reads nothing back after a step: losses, skipped updates and non-finite losses
 accumulate on the device and are read at the logging cadence and before every save (a non-finite
@@ -22,8 +21,6 @@ import random
 import mindspore as ms
 import numpy as np
 from mindcv.loss import create_loss
-from mindcv.optim import create_optimizer
-from mindcv.scheduler import create_scheduler
 
 from ..checkpoint.store import UnreadableCheckpointError
 from ..checkpoint.weights import load_pretrained
@@ -34,6 +31,7 @@ from ..models import DVT
 from .checkpoints import CheckpointManager, TrainingState, load_training_checkpoint, step_of
 from .interrupts import StopSignals, TrainingInterrupted
 from .memory import check_training_memory
+from .optim import create_optimizer, learning_rates
 from .progress import Progress
 from .run_folder import inspect_run_folder, resume_changes
 from .runtime import gather_from_ranks, setup_runtime, sum_over_ranks
@@ -59,14 +57,6 @@ def _image_check(config, runtime):
     if runtime.distributed:  # one random number for this start, rank 0's, so no rank reads a stale result
         token = int(gather_from_ranks([random.SystemRandom().randrange(1, 1 << 24)])[0, 0])
     return ImageCheck(os.path.join(config.output_dir, "image_check"), writer=runtime.is_main, token=token)
-
-
-def _learning_rates(config, steps_per_epoch):
-    """Per-step learning rates: linear warm-up from warmup_lr, cosine to min_lr, cool-down at min_lr."""
-    return create_scheduler(
-        steps_per_epoch, scheduler=config.scheduler, lr=config.lr, min_lr=config.min_lr,
-        warmup_epochs=config.warmup_epochs, warmup_factor=config.warmup_lr / config.lr if config.lr else 0.0,
-        decay_epochs=config.epochs - config.warmup_epochs, num_epochs=config.epochs + config.cooldown_epochs)
 
 
 class Trainer:
@@ -113,10 +103,9 @@ class Trainer:
         # Parameter objects and names, so checkpoints do not depend on the precision).
         self.network = ms.amp.auto_mixed_precision(self.model, runtime.amp_level, runtime.amp_dtype)
         self.num_epochs = config.epochs + config.cooldown_epochs
-        self.learning_rates = _learning_rates(config, self.steps_per_epoch)
+        self.learning_rates = learning_rates(config, self.steps_per_epoch)
         exit_losses = ExitLosses(self.network, create_loss("CE", label_smoothing=config.label_smoothing))
-        optimizer = create_optimizer(self.model, config.opt, lr=self.learning_rates,
-                                     weight_decay=config.weight_decay, weight_decay_filter=config.weight_decay_filter)
+        optimizer = create_optimizer(self.model, config, self.learning_rates)
         self.train_step = TrainStep(exit_losses, optimizer, runtime.loss_scale_type, config.loss_scale,
                                     config.clip_grad_norm, config.ema_decay if config.ema else None,
                                     num_exits=self.arch.num_exits)

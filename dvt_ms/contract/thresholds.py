@@ -1,0 +1,171 @@
+"""The thresholds document (``thresholds.yaml``): calibrated per-exit thresholds, the table of
+budgets they were chosen from, and the digest of the weights they belong to (docs/thresholds.md).
+
+Written by calibration (``run_eval.sh``); the authors' published table (``dynamic_threshold`` in
+the results the converter writes beside a converted checkpoint, ``X.published.yaml``) reads as
+one too. Export stores a document in the manifest; inference takes one with ``--thresholds``.
+
+``select_row`` is the one rule choosing a row of the table: the default setting, a budget and a
+target accuracy all go through it.
+"""
+import math
+
+from ..errors import ManifestError
+from .digest import check_bound, check_digest
+from .exit_rule import ALWAYS
+from .fields import Fields, dump_yaml, read_yaml, show
+
+__all__ = ["THRESHOLDS_NAME", "ROW_KEYS", "select_row", "thresholds_document", "dump_thresholds",
+           "thresholds_from_published", "read_thresholds", "check_thresholds", "load_thresholds",
+           "choose_thresholds"]
+
+THRESHOLDS_NAME = "thresholds.yaml"
+#: What every row of a budget table holds (besides anything else calibration records).
+ROW_KEYS = ("exit_thresholds", "calibration_gflops", "calibration_accuracy")
+
+
+def select_row(rows, budget_gflops=None, target_accuracy=None, source="the budget table"):
+    """The one selection rule over a budget table (rows with ``calibration_gflops`` and
+    ``calibration_accuracy``, measured on the calibration images):
+
+    - no target: the best calibration accuracy, the cheapest among equals;
+    - ``budget_gflops``: the same among the rows whose calibration cost fits the budget;
+    - ``target_accuracy`` (%): the cheapest row reaching it, the most accurate among equals.
+
+    A target no row meets is a ManifestError naming ``source`` and the attainable range."""
+    if not rows:
+        raise ManifestError(f"{source} has no budget table; pass --thresholds or calibrate with run_eval.sh")
+    if budget_gflops is not None and target_accuracy is not None:
+        raise ValueError("give a budget or a target accuracy, not both")
+    for name, value in (("budget", budget_gflops), ("target accuracy", target_accuracy)):
+        if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
+            raise ManifestError(f"{name} must be a finite number, got {value}")
+    if target_accuracy is not None:
+        reaching = [row for row in rows if row["calibration_accuracy"] >= target_accuracy]
+        if not reaching:
+            best = max(row["calibration_accuracy"] for row in rows)
+            raise ManifestError(f"target accuracy {target_accuracy}% is above every calibrated setting in {source} "
+                                f"(at most {best:.2f}% on the calibration images)")
+        return min(reaching, key=lambda row: (row["calibration_gflops"], -row["calibration_accuracy"]))
+    fitting = rows
+    if budget_gflops is not None:
+        fitting = [row for row in rows if row["calibration_gflops"] <= budget_gflops]
+        if not fitting:
+            cheapest = min(row["calibration_gflops"] for row in rows)
+            raise ManifestError(f"budget {budget_gflops} GFLOPs is below the cheapest calibrated setting in {source} "
+                                f"({cheapest:.4f} GFLOPs per image on the calibration images)")
+    return max(fitting, key=lambda row: (row["calibration_accuracy"], -row["calibration_gflops"]))
+
+
+def thresholds_document(model_name, exit_gflops, rows, digest, calibration=None):
+    """The thresholds document of a calibration: its ``rows`` (the budget table), the default
+    setting chosen by ``select_row``, ``digest`` (``digest.digest_of``) of the weights calibrated."""
+    chosen = select_row(rows)
+    document = {"model": model_name, "num_exits": len(exit_gflops), "exit_gflops": [float(g) for g in exit_gflops],
+                "exit_thresholds": [float(t) for t in chosen["exit_thresholds"]],
+                "default_budget_index": chosen.get("budget_index"), "budgets": rows, "digest": dict(digest)}
+    if calibration is not None:
+        document["calibration"] = dict(calibration)
+    return document
+
+
+def dump_thresholds(document):
+    """The document as YAML text, every row in full (no anchors: a hand edit changes one row)."""
+    return dump_yaml(document)
+
+
+def thresholds_from_published(results, source):
+    """The thresholds document of the authors' published table (``X.published.yaml`` as the
+    converter writes it): one row per published budget; costs and accuracies are their published
+    budgeted-batch figures (ImageNet validation) when those cover every row, and then the default
+    is chosen by ``select_row``; without them the document has no budget table and its default
+    is the last published row (the most accurate end of the curve)."""
+    fields = Fields(source)
+    table = results.get("dynamic_threshold")
+    if not isinstance(table, list) or not table or not all(isinstance(row, list) for row in table):
+        fields.fail("dynamic_threshold", f"expected the published table (a list of rows), got {show(table)}")
+    num_exits = len(table[0])
+    rows = []
+    for index, thresholds in enumerate(table):
+        values = fields.numbers(thresholds, f"dynamic_threshold[{index}]", num_exits)
+        values[-1] = float(ALWAYS)      # the last exit answers whatever reaches it
+        rows.append({"budget_index": index + 1, "exit_thresholds": values})
+    figures = results.get("budgeted_batch_classification")
+    document = {"model": results.get("model"), "num_exits": num_exits}
+    if isinstance(results.get("flops"), list) and len(results["flops"]) == num_exits:
+        document["exit_gflops"] = fields.numbers(results["flops"], "flops", num_exits)
+    if isinstance(figures, list) and len(figures) == 2 and all(isinstance(f, list) and len(f) == len(rows)
+                                                                for f in figures):
+        for row, gflops, accuracy in zip(rows, *figures):
+            row.update(calibration_gflops=float(gflops), calibration_accuracy=float(accuracy))
+        chosen = select_row(rows, source=source)
+        document["budgets"] = rows
+        kind = "the authors' published budgeted-batch figures (ImageNet validation)"
+    else:
+        chosen = rows[-1]
+        kind = "no published figures for every row: no budget table"
+    document.update(exit_thresholds=list(chosen["exit_thresholds"]), default_budget_index=chosen["budget_index"],
+                    calibration={"source": f"the authors' published dynamic_threshold table ({kind})"},
+                    digest=results.get("digest"))
+    return document
+
+
+def read_thresholds(path):
+    """The thresholds document at ``path`` (calibration's, or the published results beside a
+    converted checkpoint), or a ManifestError naming the file."""
+    document = read_yaml(path, "thresholds")
+    if not isinstance(document, dict):
+        raise ManifestError(f"{path}: not a thresholds file (expected a mapping, got {show(document)})")
+    if "dynamic_threshold" in document and "exit_thresholds" not in document:
+        document = thresholds_from_published(document, path)
+    return document
+
+
+def check_thresholds(thresholds, model_name, num_exits, source, prefix=""):
+    """A thresholds document must be for this model, with one number per exit in
+    ``exit_thresholds`` and in every row of its ``budgets`` table (if it has one).
+
+    ``prefix`` is where the document sits in ``source`` (``"thresholds."`` in a manifest)."""
+    fields = Fields(source)
+    fields.mapping(thresholds, prefix.rstrip(".") or "thresholds")
+    if thresholds.get("model") != model_name:
+        raise ManifestError(f"{source} is for model {thresholds.get('model')!r}, not {model_name!r}")
+    values = thresholds.get("exit_thresholds")
+    if not isinstance(values, list) or len(values) != num_exits:
+        raise ManifestError(f"{source} has {len(values) if isinstance(values, list) else 'no'} "
+                            f"{prefix}exit_thresholds, the model has {num_exits} exits")
+    fields.numbers(values, f"{prefix}exit_thresholds", num_exits)
+    if thresholds.get("digest") is not None:
+        check_digest(fields, thresholds["digest"], f"{prefix}digest")
+    rows = thresholds.get("budgets")
+    if rows is None:
+        return thresholds
+    if not isinstance(rows, list):
+        fields.fail(f"{prefix}budgets", f"expected a list of rows, got {show(rows)}")
+    for index, row in enumerate(rows):
+        where = f"{prefix}budgets[{index}]"
+        fields.mapping(row, where)
+        for key in ROW_KEYS:
+            if key not in row:
+                fields.fail(where, f"missing key {key}")
+        fields.numbers(row["exit_thresholds"], f"{where}.exit_thresholds", num_exits)
+        fields.number(row["calibration_gflops"], f"{where}.calibration_gflops", low=0.0)
+        fields.number(row["calibration_accuracy"], f"{where}.calibration_accuracy", low=0.0, high=100.0)
+    return thresholds
+
+
+def load_thresholds(path, manifest, model_source, accept_mismatch=False):
+    """The thresholds document at ``path`` checked against an exported model's ``manifest``
+    (``model_source`` names it): fields, the model and the weights digest."""
+    document = check_thresholds(read_thresholds(path), manifest["model"], manifest["num_exits"], path)
+    check_bound(document.get("digest"), path, manifest.get("digest"), model_source, accept_mismatch)
+    return document
+
+
+def choose_thresholds(document, source, budget_gflops=None, target_accuracy=None):
+    """``(exit thresholds, the chosen row or None)``: the document's default setting, or the row
+    ``select_row`` picks for a budget or a target accuracy."""
+    if budget_gflops is None and target_accuracy is None:
+        return [float(t) for t in document["exit_thresholds"]], None
+    row = select_row(document.get("budgets") or [], budget_gflops, target_accuracy, source)
+    return [float(t) for t in row["exit_thresholds"]], row
