@@ -21,6 +21,7 @@ import yaml
 from .errors import ConfigError
 from .models.presets import MODEL_FIELDS, OVERRIDABLE_KEYS, build_config, list_presets
 from .schema import Field as Option, check_fields, format_default, raise_problems, suggest_key as _nearest
+from .shipped_configs import config_path
 
 __all__ = ["Option", "SCHEMA", "OPTIONS", "ALIASES", "COMMANDS", "RunConfig", "load_config", "model_overrides",
            "schema_markdown", "suggest_key"]
@@ -285,12 +286,14 @@ def _read_yaml(path):
 
 
 def load_config(path=None, overrides=None, command="train"):
-    """Validated ``RunConfig`` from YAML file ``path`` (optional) and ``overrides`` (dict), for
-    ``command`` (one of ``COMMANDS``), whose cross-key checks it runs.
+    """Validated ``RunConfig`` from YAML file ``path`` (optional; a shipped config's name such as
+    ``configs/tiny_cpu.yaml`` works from any folder) and ``overrides`` (dict), for ``command`` (one
+    of ``COMMANDS``), whose cross-key checks it runs.
 
     Raises one ``ConfigError`` listing every problem."""
     if command not in _COMMAND_CHECKS:
         raise ValueError(f"command must be one of {', '.join(COMMANDS)}, got {command!r}")
+    path = config_path(path)
     layers = [(str(path), _read_yaml(path))] if path is not None else []
     if overrides:
         layers.append(("command line", dict(overrides)))

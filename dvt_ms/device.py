@@ -114,7 +114,7 @@ def use_device(device_target):
     choice = choose_device(device_target)
     if choice.device in ACCELERATORS and not choice.automatic and not _plugin_loaded(choice.device):
         raise ConfigError(f"device_target {choice.device}: MindSpore cannot use it on this host: "
-                          f"{_why_unavailable(choice.device)}")
+                          f"{_why_unavailable(choice.device)}; or use device_target CPU, or auto to pick what is there")
     if choice.automatic:
         log = _logger.warning if choice.device == "CPU" and any(
             "did not load" in why for why in choice.passed_over.values()) else _logger.info

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 
 from .errors import DiskFullError, OutputPathError
 
-__all__ = ["OutputFolderKind", "OutputFileKind", "atomic_write", "atomic_write_text", "staged_directory",
-           "check_distinct_outputs", "check_output_file", "check_output_dir", "prepare_staged_directory", "remove_stale_temporaries",
-           "apply_umask_modes", "format_bytes"]
+__all__ = ["OutputFolderKind", "OutputFileKind", "atomic_write", "atomic_write_text", "through_safe_name",
+           "staged_directory", "check_distinct_outputs", "check_output_file", "check_output_dir",
+           "prepare_staged_directory", "remove_stale_temporaries", "apply_umask_modes", "format_bytes"]
 
 _logger = logging.getLogger(__name__)
 
@@ -125,6 +125,32 @@ def atomic_write_text(path, text):
         with open(tmp_path, "w", encoding="utf-8") as handle:
             handle.write(text)
     atomic_write(path, write)
+
+
+# The file names mindspore.export accepts (mindspore/_checkparam.py, check_file_name_by_regular):
+# the whole path, ASCII letters, digits and @_-.:/\ only (no space, no accent, no CJK).
+_STRICT_FILE_NAME = re.compile(r"^[0-9a-zA-Z@_\-.:/\\]+$")
+
+
+@contextmanager
+def through_safe_name(path):
+    """Yield a name for ``path`` that a writer with MindSpore's strict file-name rule accepts: ``path``
+    itself when it passes, else a file in a private temporary folder (of TMPDIR), moved to ``path``
+    once the writer is done (and removed if it fails). Any path of the user's works then."""
+    if _STRICT_FILE_NAME.match(path):
+        yield path
+        return
+    folder = tempfile.mkdtemp(prefix="dvt-safe-name-")
+    try:
+        safe = os.path.join(folder, "file" + os.path.splitext(path)[1])
+        if not _STRICT_FILE_NAME.match(safe):
+            raise OutputPathError(f"cannot write {path}: MindSpore takes only ASCII letters, digits and @_-.:/ "
+                                  f"in file names, and the temporary folder {folder} has others too; set TMPDIR "
+                                  "to a folder whose path has none")
+        yield safe
+        shutil.move(safe, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_existing(path):

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import threading
 import time
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 import dvt_ms
 from dvt_ms.calibrate import __main__ as calibrate_cli
-from dvt_ms.data import (HOLDOUT_FILE, ImageCheck, SampleTracker, checked_batches, epoch_indices, imagecheck,
+from dvt_ms.data import (HOLDOUT_FILE, DataFolderGoneError, ImageCheck, SampleTracker, checked_batches, epoch_indices, imagecheck,
                          make_loader, open_dataset, open_training_data)
 from dvt_ms.errors import DataError
 from dvt_ms.train.trainer import Trainer
@@ -160,7 +161,7 @@ def test_a_file_deleted_after_listing_is_named_not_fatal(folders, caplog):
         labels, tracker = read_all(split, config)
     assert [split.describe(i) for i in tracker.replaced] == [str(gone)]
     assert len(labels) == split.num_samples - 1
-    assert any(f"{gone} cannot be read: FileNotFoundError" in message for message in caplog.messages)
+    assert any(f"{gone} cannot be read: " in message and "No such file" in message for message in caplog.messages)
 
 
 def test_sample_tracker_finds_dropped_samples_and_copies():
@@ -405,3 +406,29 @@ def test_with_more_workers_a_resumed_epoch_continues_with_the_same_batches(folde
     assert sorted(resumed) == [4, 5, 6, 7, 8]
     for step in resumed:
         np.testing.assert_allclose(resumed[step], whole[step], rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_num_workers_above_the_core_count_is_capped_with_a_warning_naming_the_key(folders, caplog):
+    too_many = os.cpu_count() + 6
+    config = tiny_config(folders, "unused", num_workers=too_many)
+    split = open_dataset(config, "val")
+    with caplog.at_level(logging.WARNING, logger="dvt_ms.data"):
+        labels, tracker = read_all(split, config)
+        loader = make_loader(split, np.arange(split.num_samples), config, 32, NUM_CLASSES, False, too_many)
+        assert loader.get_dataset_size() == 1
+    assert sorted(labels) == sorted(split.labels) and tracker.replaced == []
+    warnings = [message for message in caplog.messages if f"num_workers {too_many} exceeds" in message]
+    assert len(warnings) == 1 and f"set num_workers: {os.cpu_count()}" in warnings[0]
+
+
+def test_a_data_folder_gone_before_or_during_a_pass_is_one_error_naming_it(folders, caplog):
+    config = tiny_config(folders, "unused")
+    split = open_dataset(config, "train")
+    loader = make_loader(split, np.arange(split.num_samples), config, 32, NUM_CLASSES, False, 1)
+    shutil.rmtree(folders / "train")
+    with caplog.at_level(logging.WARNING), pytest.raises(DataFolderGoneError,
+                                                          match=f"the data folder {folders / 'train'} is gone"):
+        list(checked_batches(loader, SampleTracker(split, np.arange(split.num_samples), "test")))
+    assert not [message for message in caplog.messages if "could not be read" in message or "cannot be read" in message]
+    with pytest.raises(DataFolderGoneError):
+        make_loader(split, np.arange(split.num_samples), config, 32, NUM_CLASSES, False, 1)

@@ -469,6 +469,15 @@ def test_engine_without_a_batch_size_chooses_one_for_its_inputs(exported):
     assert engine.max_batch == 4 and engine.buckets == [1, 2, 4]
 
 
+@pytest.mark.parametrize("budget", ["nan", "inf", "0", "-0.5"])
+def test_a_budget_that_is_not_a_positive_number_is_refused_naming_it(budget, tmp_path, capsys):
+    from dvt_ms.deploy.__main__ import main as infer_main
+    code = infer_main(["--model", str(tmp_path / "no_model"), "--budget", budget, str(tmp_path)])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert f"--budget must be a positive number of GFLOPs per image, got {float(budget)}" in error
+
+
 @pytest.mark.parametrize("exported", ["deit"], indirect=True)
 def test_ctrl_c_during_inference_keeps_every_answer_so_far_and_exits_130(exported, image_folder, tmp_path,
                                                                         monkeypatch, capsys):

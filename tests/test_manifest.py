@@ -177,6 +177,15 @@ def test_cli_reports_a_bad_manifest_in_one_line_and_writes_nothing(exported, tmp
         assert not results.exists()
 
 
+def test_export_to_a_path_with_a_space_and_non_ascii_characters_loads(tmp_path):
+    """MindSpore's exporter refuses such names; the export writes through a safe name instead."""
+    out = tmp_path / "my models" / "modèle 模型"
+    export_model(dvt_ms.create_model(MODEL, **TINY), out, MODEL, preprocess_record(32, 0.875, "bicubic"),
+                 class_names=["a", "b", "c"])
+    assert sorted(p.name for p in out.iterdir()) == ["exit1.mindir", "exit2.mindir", MANIFEST_NAME]
+    assert EarlyExitEngine(str(out), max_batch=1).num_exits == 2
+
+
 def test_thresholds_of_another_run_are_refused_by_export_and_inference(exported, tmp_path, capfd,
                                                                         make_class_folders):
     """Thresholds calibrated on one run's weights, against another run of the same preset and

@@ -226,6 +226,46 @@ def test_env_sh_is_safe_to_source_in_an_interactive_shell(tmp_path):
     assert "setting up" in result.stderr
 
 
+def _logging_python(path, *flags):
+    """A ``python`` that logs its arguments to ``path.log`` and runs this interpreter (with ``flags``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\necho "$@" >> "{path}.log"\nexec {sys.executable} {" ".join(flags)} "$@"\n')
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("has_requirements", [True, False])
+def test_env_sh_never_installs_into_an_environment_it_did_not_create(tmp_path, has_requirements):
+    """DVT_VENV pointing at someone's environment (no stamp of ours): used as it is when it has the
+    requirements, else refused naming what it lacks; pip never runs in it."""
+    python = tmp_path / "theirs" / "bin" / "python"
+    _logging_python(python, *(() if has_requirements else ("-S",)))   # -S: no site-packages, no mindspore
+    result = subprocess.run(["bash", "-c", 'source scripts/_env.sh; echo "returned $?"'], cwd=REPO,
+                            capture_output=True, text=True, env={**os.environ, "DVT_VENV": str(python.parents[1])})
+    assert "pip" not in pathlib.Path(f"{python}.log").read_text()
+    assert not (python.parents[1] / ".requirements.sha256").exists()
+    if has_requirements:
+        assert result.stdout.strip() == "returned 0" and "as it is" in result.stderr, result.stderr
+    else:
+        assert result.stdout.strip() == "returned 1", result.stdout + result.stderr
+        assert "lacks: mindspore mindcv" in result.stderr and "Nothing was installed" in result.stderr
+
+
+def test_writers_with_strict_file_name_rules_get_a_safe_name_for_any_path(tmp_path):
+    target = tmp_path / "a folder" / "naïve 名前.mindir"
+    target.parent.mkdir()
+    with fileio.through_safe_name(str(target)) as name:
+        assert name != str(target) and name.isascii() and " " not in name and name.endswith(".mindir")
+        pathlib.Path(name).write_text("graph")
+    assert target.read_text() == "graph" and not os.path.exists(name)
+    with pytest.raises(RuntimeError), fileio.through_safe_name(str(tmp_path / "a folder" / "ä.mindir")) as name:
+        pathlib.Path(name).write_text("half")
+        raise RuntimeError("the writer failed")
+    assert not (tmp_path / "a folder" / "ä.mindir").exists() and not os.path.exists(name)
+    plain = str(tmp_path / "plain.mindir")
+    with fileio.through_safe_name(plain) as name:
+        assert name == plain
+
+
 # A command replaces only what it recognises as its own output (docs/outputs.md).
 
 def _earlier_output(folder, kind):

@@ -1,5 +1,6 @@
 """The repository installs as a package, and what the README and scripts call exists."""
 import importlib.util
+import os
 import pathlib
 import re
 import shutil
@@ -53,9 +54,10 @@ def test_the_wheel_holds_every_module(tmp_path):
     """pip builds a wheel of dvt_ms with every subpackage (no module left out by the package list)."""
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "dvt_ms", source / "dvt_ms", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("dvt_ms", "configs"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                              "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,3 +65,43 @@ def test_the_wheel_holds_every_module(tmp_path):
     packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
     expected = {str(p.relative_to(REPO)) for p in (REPO / "dvt_ms").rglob("*.py")}
     assert packaged == expected
+    configs = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("dvt_ms/configs/")}
+    assert configs == {f"dvt_ms/configs/{p.name}" for p in (REPO / "configs").glob("*.yaml")}
+
+    # Installed (unpacked) and run from another folder, the README's config names resolve to the package's.
+    installed, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    zipfile.ZipFile(wheel).extractall(installed)
+    elsewhere.mkdir()
+    found = subprocess.run([sys.executable, "-c", "from dvt_ms.shipped_configs import config_path; "
+                            "print(config_path('configs/tiny_cpu.yaml'))"], cwd=elsewhere, capture_output=True,
+                           text=True, env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert found.stdout.strip() == str(installed / "dvt_ms" / "configs" / "tiny_cpu.yaml"), found.stderr
+
+
+def test_the_readmes_config_names_work_from_any_folder(tmp_path, monkeypatch):
+    """``configs/tiny_cpu.yaml`` names the shipped config when the current folder has none; a file
+    on disk of that name wins."""
+    from dvt_ms.config import load_config
+    monkeypatch.chdir(tmp_path)
+    config = load_config("configs/tiny_cpu.yaml", {"data_dir": "d"})
+    assert config.model == load_config(REPO / "configs" / "tiny_cpu.yaml", {"data_dir": "d"}).model
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny_cpu.yaml").write_text("model: dvt_deit_small\ndata_dir: mine\n")
+    assert load_config("configs/tiny_cpu.yaml").data_dir == "mine"
+
+
+def test_build_outputs_are_ignored_by_git():
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert "build/" in ignored and "*.egg-info/" in ignored
+
+
+def test_the_readmes_python_snippet_exits_without_teardown_tracebacks(tmp_path):
+    """A model held at module level outlives MindSpore's module globals at exit; Cell.__del__ must
+    not print "Exception ignored" once per cell (dvt_ms/__init__.py)."""
+    snippet = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    runnable = "\n".join(line for line in snippet.splitlines() if "images" not in line)   # no input data here
+    assert "create_model" in runnable and "set_train" in runnable
+    result = subprocess.run([sys.executable, "-c", runnable], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -4,6 +4,8 @@ import os
 import socket
 import subprocess
 
+import mindspore as ms
+import numpy as np
 import pytest
 from mindspore import nn
 
@@ -16,10 +18,12 @@ from test_training import NUM_CLASSES, tiny_config
 
 
 def used_folder(path, steps=(31, 62, 93), best=True):
-    """A folder another run left: its checkpoints, best.ckpt, config and log (contents made up)."""
+    """A folder another run left: its checkpoints (readable, each holding its step), best.ckpt, config
+    and log (contents made up)."""
     path.mkdir(parents=True, exist_ok=True)
     for step in steps:
-        (path / f"step_{step:08d}.ckpt").write_bytes(f"old run, step {step}".encode())
+        ms.save_checkpoint([{"name": "step", "data": ms.Tensor(np.array([step], np.float32))}],
+                           str(path / f"step_{step:08d}.ckpt"), crc_check=True)
     if best:
         (path / "best.ckpt").write_bytes(b"old run, 49.3%")
     (path / "config.yaml").write_text("lr: 0.001\n")
@@ -73,6 +77,31 @@ def test_resume_choices_that_would_overwrite_a_run_refuse(tmp_path):
     never_saved = used_folder(tmp_path / "never-saved", steps=(), best=False)   # stopped before a checkpoint
     again = inspect_run_folder(never_saved, "auto", False)
     assert (again.resume_path, again.move_aside) == (None, False)
+
+
+def damage(path, how):
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    else:   # one flipped bit: the CRC check fails
+        path.write_bytes(data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0x10]) + data[len(data) // 2 + 1:])
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
+def test_resume_from_an_intact_checkpoint_passes_over_later_damaged_ones_naming_them(tmp_path, how, caplog):
+    folder = used_folder(tmp_path / "run")
+    damage(folder / "step_00000093.ckpt", how)
+    decision = inspect_run_folder(folder, str(folder / "step_00000062.ckpt"), False)
+    assert decision.resume_path == str(folder / "step_00000062.ckpt")
+    assert decision.unreadable == (str(folder / "step_00000093.ckpt"),)
+    assert "step_00000093.ckpt: cannot read checkpoint" in caplog.text and "damaged" in caplog.text
+    assert "permission" not in caplog.text
+    decision.claim({"lr": 0.1}, {"global_step": 62})
+    decision.release()
+    assert (folder / "step_00000093.ckpt.unreadable").is_file()        # kept, out of the way
+    assert CheckpointManager(str(folder), 1).latest() == str(folder / "step_00000062.ckpt")
+    with pytest.raises(OutputPathError, match="later checkpoints \\(step_00000062.ckpt\\)"):
+        inspect_run_folder(folder, str(folder / "step_00000031.ckpt"), False)   # an intact later one still counts
 
 
 def test_checkpoint_rotation_never_removes_a_later_checkpoint(tmp_path):

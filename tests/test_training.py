@@ -253,6 +253,21 @@ def test_pretrained_weights_with_fresh_heads_for_a_new_class_count(tmp_path):
         load_pretrained(other, str(tmp_path / "converted.ckpt"))
 
 
+def test_fine_tuning_from_a_checkpoint_with_ema_starts_from_its_ema_weights(tmp_path):
+    """One rule (docs/checkpoints.md): a checkpoint's EMA copies when it has them, for ``pretrained``
+    as for evaluation and export."""
+    architecture = {key: TINY[key] for key in ("embed_dim", "depth", "num_heads", "mlp_ratio", "img_size")}
+    architecture["patch_grids"] = tuple(TINY["patch_grids"])
+    source = dvt_ms.create_model("dvt_deit_small", num_classes=NUM_CLASSES, **architecture)
+    params = [{"name": p.name, "data": p.data} for p in source.get_parameters()]
+    params += [{"name": "ema." + p.name, "data": ms.Tensor(p.asnumpy() + 1.0)} for p in source.get_parameters()]
+    ms.save_checkpoint(params, str(tmp_path / "trained.ckpt"))
+    model = dvt_ms.create_model("dvt_deit_small", num_classes=NUM_CLASSES, **architecture)
+    load_pretrained(model, str(tmp_path / "trained.ckpt"))
+    for mine, theirs in zip(model.get_parameters(), source.get_parameters()):
+        np.testing.assert_array_equal(mine.asnumpy(), theirs.asnumpy() + 1.0, err_msg=mine.name)
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path):
     config = tiny_config(image_folder, tmp_path, lr=1e38, min_lr=0.0, save_every_steps=1, epochs=2,

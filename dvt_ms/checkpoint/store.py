@@ -4,14 +4,16 @@ MindSpore's saver deletes an existing file before writing its replacement, so ch
 written to a temporary file in the same directory, fsync'ed, and moved over the old one with
 ``os.replace`` (``fileio.atomic_write``). A crash mid-save leaves the previous checkpoint intact.
 """
+import contextlib
 import os
 
 import mindspore as ms
+from mindspore import log as ms_log
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
 
-__all__ = ["NOT_SAVED", "atomic_save_checkpoint", "read_checkpoint", "check_shapes"]
+__all__ = ["NOT_SAVED", "UnreadableCheckpointError", "atomic_save_checkpoint", "read_checkpoint", "check_shapes"]
 
 # Recomputed from the config on every start (its length depends on steps per epoch).
 NOT_SAVED = ("learning_rate",)
@@ -36,13 +38,34 @@ def atomic_save_checkpoint(cell, path, append_dict=None, skip=()):
         os.close(directory_fd)
 
 
-def read_checkpoint(path):
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint file that cannot be read at all (missing, no permission, truncated, corrupt)."""
+
+
+@contextlib.contextmanager
+def _mindspore_log_silenced():
+    """MindSpore logs its own (misleading: "may not have permission") error line before raising; ours says it."""
+    logger = ms_log._get_logger()   # MindSpore has no public handle on its logger
+    disabled, logger.disabled = logger.disabled, True
     try:
-        return ms.load_checkpoint(path, crc_check=True)
-    except (ValueError, RuntimeError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def read_checkpoint(path):
+    """Every tensor of the checkpoint at ``path`` (CRC checked), or ``UnreadableCheckpointError`` saying why not."""
+    if not os.path.isfile(path):
+        raise UnreadableCheckpointError(f"checkpoint {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise UnreadableCheckpointError(f"cannot read checkpoint {path}: no permission to read it")
+    try:
+        with _mindspore_log_silenced():
+            return ms.load_checkpoint(path, crc_check=True)
+    except (ValueError, RuntimeError):
+        # MindSpore says "may not have permission" for a failed CRC check too; the file is readable here.
+        raise UnreadableCheckpointError(f"cannot read checkpoint {path}: the file is damaged (truncated, or its "
+                                        "content fails the CRC check)") from None
 
 
 def check_shapes(cell, params, path):

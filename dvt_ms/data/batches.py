@@ -9,14 +9,27 @@ sample that never appears before a later one did was replaced, and a sample seen
 """
 import collections
 import logging
+import os
 
 import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["SampleTracker", "checked_batches"]
+__all__ = ["DataFolderGoneError", "SampleTracker", "check_folder_there", "checked_batches"]
 
 _logger = logging.getLogger(__name__)
+
+
+class DataFolderGoneError(DataError):
+    """The split's folder vanished while a pipeline read it (an unmounted disk, a moved folder)."""
+
+
+def check_folder_there(split):
+    """Raise ``DataFolderGoneError`` if ``split``'s folder is gone: every later sample would fail too."""
+    cifar = getattr(split, "cifar", None)
+    root = getattr(split, "root", None) or (cifar[1] if cifar else None)
+    if root is not None and not os.path.isdir(root):
+        raise DataFolderGoneError(f"the data folder {root} is gone (it was there when the split was opened)")
 
 
 class SampleTracker:
@@ -33,6 +46,8 @@ class SampleTracker:
         self.copies = 0
 
     def _replaced(self, samples):
+        if len(samples):
+            check_folder_there(self.split)
         for sample in samples:
             _logger.warning("%s: image %s could not be read or decoded and was replaced by a copy of another "
                             "image", self.description, self.split.describe(sample))
@@ -75,8 +90,12 @@ def checked_batches(loader, tracker, skip_batches=0):
     """``(images, labels, fresh)`` for every batch of ``loader`` after the first ``skip_batches``
     (which are still read and checked: see ``transforms.epoch_loader``); ``fresh`` is the mask of
     ``SampleTracker.update``. The tracker's ``finish`` runs when the pass is complete."""
-    for step, (images, labels, index) in enumerate(loader.create_tuple_iterator(num_epochs=1)):
-        fresh = tracker.update(index.asnumpy())
-        if step >= skip_batches:
-            yield images, labels, fresh
+    try:
+        for step, (images, labels, index) in enumerate(loader.create_tuple_iterator(num_epochs=1)):
+            fresh = tracker.update(index.asnumpy())
+            if step >= skip_batches:
+                yield images, labels, fresh
+    except RuntimeError:   # e.g. MindSpore's "All data is garbage" once every sample fails
+        check_folder_there(tracker.split)
+        raise
     tracker.finish()

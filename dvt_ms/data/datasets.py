@@ -18,6 +18,7 @@ import yaml
 from mindcv.data import create_dataset
 
 from ..errors import DataError
+from .batches import check_folder_there
 from .folders import index_source, manifest_source
 from .holdout import run_holdout
 from .imagecheck import ImageCheck, verify_images
@@ -53,7 +54,9 @@ class DatasetSplit:
         return os.path.join(self.root, self.files[index]) if self.files is not None else f"{self.name} #{index}"
 
     def make_source(self, indices, num_workers):
-        """MindSpore dataset of samples ``indices`` in that order; columns image, label, index."""
+        """MindSpore dataset of samples ``indices`` in that order; columns image, label, index. A split
+        whose folder vanished since it was opened is a ``DataFolderGoneError``."""
+        check_folder_there(self)
         if self.cifar is None:
             return manifest_source(self.root, self.files, self.labels, indices, self.num_classes, num_workers)
         name, root, split = self.cifar

@@ -27,6 +27,7 @@ import mindspore.dataset as ds
 import numpy as np
 from PIL import Image
 
+from ..imagedecode import UnreadableImageError, decode_rgb
 from .imagecheck import is_native
 
 __all__ = ["index_source", "manifest_source"]
@@ -92,7 +93,8 @@ def _heads(paths):
 
 class _PillowDecoded:
     """Pipeline step on (image, index): the rows of ``via_pillow`` (index -> path) get their file
-    decoded by Pillow (RGB, as inference decodes) and re-encoded as BMP, lossless, for MindSpore."""
+    decoded by the project's one rule (``imagedecode.decode_rgb``, as inference decodes) and
+    re-encoded as BMP, lossless, for MindSpore."""
 
     def __init__(self, via_pillow):
         self.via_pillow = via_pillow
@@ -102,13 +104,13 @@ class _PillowDecoded:
         if path is None:
             return image, index
         try:
-            with Image.open(path) as decoded:
-                rgb = decoded.convert("RGB")
-        except Exception as error:  # Pillow raises many types for bad files; all mean "unreadable"
-            _logger.warning("image %s cannot be read: %s: %s", path, type(error).__name__, error)
+            rgb = decode_rgb(path)
+        except UnreadableImageError as error:
+            if os.path.isdir(os.path.dirname(path)):   # a vanished folder is reported once, by the tracker
+                _logger.warning("image %s cannot be read: %s", path, error)
             raise
         encoded = io.BytesIO()
-        rgb.save(encoded, format="BMP")
+        Image.fromarray(rgb).save(encoded, format="BMP")
         return np.frombuffer(encoded.getvalue(), np.uint8), index
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..fileio import atomic_write_text
+from ..imagedecode import to_rgb
 from ..imagefolder import IMAGE_EXTENSIONS, class_folders, image_entries
 
 __all__ = ["ImageCheck", "is_native", "list_split", "verify_image", "verify_images"]
@@ -66,7 +67,7 @@ def verify_image(path):
             with Image.open(io.BytesIO(data)) as image:
                 if image.format in ("JPEG", "MPO"):
                     image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-                image.load()
+                to_rgb(image)   # the decode training and inference use (imagedecode)
         return problem
     except Exception as error:  # Pillow raises many types for bad files; all mean "unreadable"
         return f"{type(error).__name__}: {error}"

@@ -6,6 +6,9 @@ center crop, normalise. Both normalise, and evaluation resizes and crops, by the
 preprocessing record (``dvt_ms.contract.preprocessing``), the one export writes into the manifest. A sample whose reading, decoding or transforms fail is replaced by another
 one (ErrorSamplesMode.REPLACE) and named by ``batches.SampleTracker``.
 """
+import logging
+import multiprocessing
+
 import mindspore.dataset as ds
 import numpy as np
 from mindcv.data import create_loader, create_transforms
@@ -13,7 +16,23 @@ from mindspore.dataset import vision
 
 from ..contract.preprocessing import preprocess_record, preset_preprocessing
 
-__all__ = ["build_transforms", "epoch_loader", "eval_transforms", "make_loader", "run_preprocessing"]
+__all__ = ["build_transforms", "epoch_loader", "eval_transforms", "make_loader", "run_preprocessing",
+           "usable_workers"]
+
+_logger = logging.getLogger(__name__)
+_capped = set()   # num_workers values already warned about (one warning per value and process)
+
+
+def usable_workers(num_workers):
+    """``num_workers`` capped at the machine's CPU count (MindSpore refuses more), with a warning naming the key."""
+    cores = multiprocessing.cpu_count()   # the count MindSpore checks num_parallel_workers against
+    if num_workers <= cores:
+        return num_workers
+    if num_workers not in _capped:
+        _capped.add(num_workers)
+        _logger.warning("num_workers %d exceeds the %d CPU core(s) of this machine: using %d (set num_workers: %d "
+                        "to silence this)", num_workers, cores, cores, cores)
+    return cores
 
 
 def _for_decoded_images(transforms):
@@ -71,6 +90,7 @@ def make_loader(data, indices, config, img_size, num_classes, is_training, num_w
     mixup/cutmix, which turns labels into soft targets.
     """
     ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
+    num_workers = usable_workers(num_workers)
     transforms = build_transforms(config, img_size, is_training, data.encoded)
     # RandAugment is Python code: worker processes keep it from serialising on the GIL.
     python_ops = is_training and config.auto_augment is not None and num_workers > 1
@@ -95,7 +115,7 @@ def epoch_loader(data, order, consumed_batches, config, img_size, num_classes, s
     # Augmentation (MindSpore ops, Python ops) and mixup (numpy) randomness.
     ds.config.set_seed(seed)
     np.random.seed(seed)
-    replay = config.num_workers == 1
+    replay = usable_workers(config.num_workers) == 1
     start = 0 if replay else consumed_batches * config.batch_size
     order = np.asarray(order)[start:]
     loader = make_loader(data, order, config, img_size, num_classes, is_training=True,

@@ -10,6 +10,7 @@ everything (the model code, mindcv and the training stack are never imported).
 """
 import json
 import logging
+import math
 import sys
 import time
 
@@ -48,6 +49,8 @@ def _check_options(args):
                              f"got {args.batch_size}")
     if args.window < 8:
         raise InferenceError(f"--window must be at least 8 images, got {args.window}")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise InferenceError(f"--budget must be a positive number of GFLOPs per image, got {args.budget}")
     if args.top_k < 1:
         raise InferenceError(f"--top_k must be at least 1, got {args.top_k}")
 

@@ -65,14 +65,22 @@ SUMMARY_FILE = OutputFileKind("an inference summary", _is_summary_file)
 def collect_images(inputs):
     """(paths, labels or None, class names from subfolders or None) for files and folders.
 
-    A folder whose immediate subfolders hold images is read as labelled class folders."""
+    A folder gives all its images: those directly in it, and those of its immediate subfolders,
+    which are read as labelled class folders. Labels (and accuracy) need every image in a class
+    folder; loose images beside them are classified without."""
     paths, labels, class_names = [], [], None
     for item in inputs:
         if os.path.isfile(item):
             paths.append(item)
             labels.append(-1)
         elif os.path.isdir(item):
+            loose = image_files(item)
+            paths.extend(loose)
+            labels.extend([-1] * len(loose))
             subdirs = class_folders(item)
+            if loose and subdirs:
+                LOGGER.info("%s: %d image(s) outside its class folders: classified without labels, so no "
+                            "accuracy is given", item, len(loose))
             if subdirs:
                 if class_names is not None and class_names != subdirs:
                     raise InferenceError(f"{item}: its class folders differ from those of an earlier input "
@@ -82,10 +90,6 @@ def collect_images(inputs):
                     for path in image_files(os.path.join(item, name)):
                         paths.append(path)
                         labels.append(label)
-            else:
-                for path in image_files(item):
-                    paths.append(path)
-                    labels.append(-1)
         else:
             raise InferenceError(f"{item}: no such file or folder")
     if not paths:

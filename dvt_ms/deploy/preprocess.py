@@ -4,8 +4,8 @@ the (3, S, S) float32 the exits take.
 The steps are the validation pipeline's (mindcv's evaluation transforms), with the manifest's
 ``preprocess`` record (``dvt_ms.contract.preprocessing``; docs/deployment.md):
 
-1. decode with Pillow, any mode to 8-bit RGB (alpha dropped, 16-bit grey scaled by 1/256, EXIF
-   orientation not applied: the validation pipeline's decoder ignores it too);
+1. decode by the project's one rule (``dvt_ms.imagedecode``, shared with training and the image
+   check): Pillow, any mode to 8-bit RGB, 16-bit samples keep their high byte;
 2. resize the shorter side to ``resize`` (= ``resize_for_crop(img_size, crop_pct)``) with
    ``interpolation``, by MindSpore's own Resize kernel, the one the validation pipeline runs
    (Pillow's filters antialias and differ from it by up to 50 grey levels);
@@ -18,43 +18,20 @@ unreadable file; on 8-bit JPEG, PNG, BMP and TIFF images both decoders give the 
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ..imagedecode import UnreadableImageError, decode_rgb, to_rgb
 
 __all__ = ["UnreadableImageError", "decode_rgb", "rgb_pixels", "Preprocessor"]
 
 
-class UnreadableImageError(ValueError):
-    """An image file that cannot be decoded; the message says why (not a user error of the run:
-    inference skips and reports such files)."""
-
-
-def _rgb_of(image):
-    """A PIL image as (H, W, 3) uint8, as the validation pipeline's decoder gives it."""
-    if image.mode.startswith("I;16"):     # 16-bit grey: keep the high byte, as MindSpore's decoder does
-        grey = (np.asarray(image, np.uint16) >> 8).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    return np.asarray(image.convert("RGB"))
-
-
-def decode_rgb(path):
-    """The image at ``path`` as an (H, W, 3) uint8 array, or UnreadableImageError saying why not."""
-    try:
-        with Image.open(path) as image:
-            return _rgb_of(image)
-    except UnidentifiedImageError:
-        raise UnreadableImageError("not an image file Pillow can identify") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        # OSError: missing, unreadable or truncated file; the others: corrupt headers, huge sizes.
-        raise UnreadableImageError(str(err).strip() or type(err).__name__) from None
-
-
 def rgb_pixels(image):
     """(H, W, 3) uint8 RGB pixels of ``image``: a file path, a PIL image, or an array already
-    decoded ((H, W, 3) RGB or (H, W) grey, uint8). UnreadableImageError says why not."""
+    decoded ((H, W, 3) RGB or (H, W) grey, uint8), by the one decode rule. UnreadableImageError says why not."""
     if isinstance(image, (str, os.PathLike)):
         return decode_rgb(image)
     if isinstance(image, Image.Image):
-        return _rgb_of(image)
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
             raise UnreadableImageError(f"expected an (H, W, 3) RGB or (H, W) grey uint8 array, got "

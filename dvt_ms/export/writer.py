@@ -18,7 +18,7 @@ from ..contract.manifest import MANIFEST_NAME, build_manifest, check_manifest, e
 from ..contract.precision import PRECISIONS
 from ..contract.signature import exit_signature
 from ..contract.thresholds import check_thresholds
-from ..fileio import OutputFolderKind, staged_directory
+from ..fileio import OutputFolderKind, staged_directory, through_safe_name
 from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
 from ..models.tokenizers import use_soft_split_for
@@ -83,8 +83,9 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
         model.set_train(False)
         for k, info in enumerate(exits):
             inputs = [_placeholder(item["shape"]) for item in info["inputs"]]
-            ms.export(ExitGraph(model, k), *inputs, file_name=os.path.join(staging, info["file"]),
-                      file_format="MINDIR")
+            # MindSpore refuses paths with spaces or non-ASCII characters: write through a safe name.
+            with through_safe_name(os.path.join(staging, info["file"])) as file_name:
+                ms.export(ExitGraph(model, k), *inputs, file_name=file_name, file_format="MINDIR")
             LOGGER.info("exported exit %d/%d", k + 1, config.num_exits)
             raise_if_stop_requested()   # a Ctrl-C during MindSpore's export is honoured here; nothing is kept
         with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:

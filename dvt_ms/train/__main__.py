@@ -30,7 +30,7 @@ def main(argv=None):
         # A real command line: before MindSpore (imported with the config) starts threads, route
         # SIGINT/SIGTERM to a thread that stops training gracefully (interrupts.py).
         watch_stop_signals()
-    from ..config import load_config, schema_markdown
+    from ..config import schema_markdown
     if args.list_keys:
         sys.stdout.write(schema_markdown())
         return 0
@@ -39,8 +39,10 @@ def main(argv=None):
     cli.setup_logging(level=logging.INFO if rank == 0 else logging.WARNING)
 
     def train():
+        from .run_folder import start_config
         from .trainer import train as run_training   # MindSpore loads slowly: only when training
-        run_training(load_config(args.config, cli.parse_overrides(args.overrides)))
+        # A resume continues the run as its folder recorded it, with only the command line's changes.
+        run_training(start_config(args.config, cli.parse_overrides(args.overrides)))
 
     return cli.run(train)
 

@@ -15,7 +15,7 @@ import mindspore as ms
 from ..checkpoint.store import NOT_SAVED, atomic_save_checkpoint, check_shapes, read_checkpoint
 from ..errors import CheckpointError
 
-__all__ = ["BEST_NAME", "TrainingState", "CheckpointManager", "load_training_checkpoint"]
+__all__ = ["BEST_NAME", "TrainingState", "CheckpointManager", "load_training_checkpoint", "step_of"]
 
 _logger = logging.getLogger(__name__)
 
@@ -49,8 +49,10 @@ class TrainingState:
         return cls(**values)
 
 
-def _step_of(path):
-    return int(_PERIODIC.match(os.path.basename(path)).group(1))
+def step_of(path):
+    """The global step of a periodic checkpoint ``step_<n>.ckpt``; -1 for any other file."""
+    match = _PERIODIC.match(os.path.basename(path))
+    return int(match.group(1)) if match else -1
 
 
 def _transient_names(cell):
@@ -83,7 +85,7 @@ class CheckpointManager:
     def save(self, train_step, state):
         path = os.path.join(self.directory, f"step_{state.global_step:08d}.ckpt")
         atomic_save_checkpoint(train_step, path, state.to_append_dict(), skip=_transient_names(train_step))
-        earlier = [old for old in self.periodic_checkpoints() if _step_of(old) < state.global_step]
+        earlier = [old for old in self.periodic_checkpoints() if step_of(old) < state.global_step]
         for old in earlier[:max(len(earlier) - (self.keep - 1), 0)]:
             os.remove(old)
         _logger.info("saved %s", path)

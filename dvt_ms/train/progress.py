@@ -45,6 +45,10 @@ class Progress:
             self.jsonl = open(os.path.join(output_dir, "log.jsonl"), "a", buffering=1)
         self._window_start = time.perf_counter()
         self._window_steps = 0
+        # The first step after a start or resume compiles the graphs: the ETA leaves it out.
+        self._compiled = False
+        self._eta_start = None
+        self._eta_steps = 0
 
     def record(self, event, **fields):
         if self.jsonl is None:
@@ -68,8 +72,19 @@ class Progress:
     def step(self):
         """After every step: the bar (no device values are read per step)."""
         self._window_steps += 1
+        if self._compiled:
+            self._eta_steps += 1
+        else:
+            self._compiled = True
+            self._eta_start = time.perf_counter()
         if self.bar is not None:
             self.bar.update(1)
+
+    def _eta(self, remaining_steps):
+        """Time left at the pace of the steps since the first one (which compiled); "?" until there is one."""
+        if not self._eta_steps:
+            return "? (compiling)" if remaining_steps else format_duration(0)
+        return format_duration(remaining_steps * (time.perf_counter() - self._eta_start) / self._eta_steps)
 
     def log(self, state, num_epochs, losses, lr, skipped, steps):
         """Every ``log_every_steps``: a log line and a JSON record with the exits' mean losses over the
@@ -77,7 +92,7 @@ class Progress:
         elapsed = time.perf_counter() - self._window_start
         seconds_per_step = elapsed / max(self._window_steps, 1)
         images_per_s = self.images_per_step / seconds_per_step
-        eta = format_duration((self.total_steps - state.global_step) * seconds_per_step)
+        eta = self._eta(self.total_steps - state.global_step)
         skipped_text = f" | skipped {skipped} (non-finite loss or gradients)" if skipped else ""
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{sum(losses):.4f}", lr=f"{lr:.2e}")

@@ -22,17 +22,18 @@ import mindspore as ms
 import numpy as np
 from mindcv.loss import create_loss
 
+from ..checkpoint.store import UnreadableCheckpointError
 from ..checkpoint.weights import load_pretrained
-from ..data import (ImageCheck, SampleTracker, checked_batches, epoch_indices, epoch_loader, make_loader,
-                    open_training_data, read_holdout, write_holdout)
+from ..data import (HOLDOUT_FILE, DataFolderGoneError, ImageCheck, SampleTracker, checked_batches, epoch_indices,
+                    epoch_loader, make_loader, open_training_data, read_holdout, write_holdout)
 from ..errors import CheckpointError, DataError, DiskFullError, DVTError, OutputPathError
 from ..models import DVT
-from .checkpoints import CheckpointManager, TrainingState, load_training_checkpoint
+from .checkpoints import CheckpointManager, TrainingState, load_training_checkpoint, step_of
 from .interrupts import StopSignals, TrainingInterrupted
 from .memory import check_training_memory
 from .optim import create_optimizer, learning_rates
 from .progress import Progress
-from .run_folder import inspect_run_folder
+from .run_folder import inspect_run_folder, resume_changes
 from .runtime import gather_from_ranks, setup_runtime, sum_over_ranks
 from .step import ExitLosses, TrainStep
 from .validation import ExitHits, evaluate
@@ -84,6 +85,10 @@ class Trainer:
                                                             previous_run=not self.run_folder.move_aside)
         if self.train_data.class_names:  # recorded in the run's config.yaml for calibration and export
             self.config = config = dataclasses.replace(config, class_names=tuple(self.train_data.class_names))
+        # A resume continues the recorded run: what may change, and how a change is recorded (run_folder).
+        self.config_changes = {}
+        if config.resume and not self.run_folder.move_aside:
+            self.config_changes = resume_changes(self.run_folder.recorded_config(), config)
         # Every weight, trained or fixed, is drawn from the seeded stream in construction order:
         # seeding right here gives every rank the same initial weights.
         ms.set_seed(config.seed)
@@ -125,15 +130,61 @@ class Trainer:
         if path is None:
             _logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoints.directory)
             return None
-        state = load_training_checkpoint(self.train_step, path)
+        path, state = self._load_resume_checkpoint(path)
         if state.steps_per_epoch != self.steps_per_epoch:
-            raise CheckpointError(
-                f"{path} was written with {state.steps_per_epoch} steps per epoch, this run has "
-                f"{self.steps_per_epoch}: keep batch_size and the number of devices to resume")
+            raise CheckpointError(f"{path} was written with {state.steps_per_epoch} steps per epoch, this run has "
+                                  f"{self.steps_per_epoch}: {self._steps_per_epoch_cause()}")
         self.state = state
         _logger.info("resumed from %s: epoch %d, step %d of %d (global step %d)", path, state.epoch + 1,
                      state.step_in_epoch, self.steps_per_epoch, state.global_step)
+        for key, (before, now) in self.config_changes.items():
+            _logger.warning("resume: %s changes from %r to %r at global step %d (recorded in run.json and log.jsonl)",
+                            key, before, now, state.global_step)
         return path
+
+    def _load_resume_checkpoint(self, path):
+        """``(path, state)`` of the checkpoint the run continues from. With ``resume=auto`` a damaged
+        newest checkpoint is passed over, named with the reason, for the newest one that can be read."""
+        candidates = [path]
+        if self.config.resume == "auto":
+            candidates = [p for p in reversed(self.checkpoints.periodic_checkpoints()) if step_of(p) <= step_of(path)]
+        skipped = []
+        for candidate in candidates:
+            try:
+                state = load_training_checkpoint(self.train_step, candidate)
+            except UnreadableCheckpointError as error:
+                if self.config.resume != "auto":
+                    raise
+                _logger.warning("resume=auto: passing over %s: %s", candidate, error)
+                skipped.append(candidate)
+                continue
+            if skipped:
+                _logger.warning("resume=auto: continuing from %s, the newest checkpoint that can be read (passed "
+                                "over: %s)", candidate, ", ".join(os.path.basename(p) for p in skipped))
+                self.run_folder.unreadable = tuple(skipped)
+            return candidate, state
+        raise CheckpointError(f"resume=auto: no checkpoint in {self.checkpoints.directory} can be read (each is "
+                              "named above with the reason); continue from a copy with resume=PATH, or start anew")
+
+    def _steps_per_epoch_cause(self):
+        """Why this start has another number of steps per epoch than the recorded run, as far as the
+        run's last recorded start says (training images, batch_size, devices)."""
+        before = self.run_folder.last_start() or {}
+        now = {"train_images": self.train_data.num_samples, "batch_size": self.config.batch_size,
+               "world_size": self.runtime.world_size}
+        causes = []
+        if before.get("train_images") not in (None, now["train_images"]):
+            causes.append(f"the training split {self.train_data.name} now has {now['train_images']} images, "
+                          f"{before['train_images']} when the run was last started (images were added or removed)")
+        if before.get("world_size") not in (None, now["world_size"]):
+            causes.append(f"it ran on {before['world_size']} device(s), this start on {now['world_size']}")
+        if before.get("batch_size") not in (None, now["batch_size"]):
+            causes.append(f"batch_size was {before['batch_size']}, now {now['batch_size']}")
+        if not causes:
+            return ("the number of training images, batch_size or the number of devices changed "
+                    f"({now['train_images']} images, batch_size {now['batch_size']}, {now['world_size']} device(s) now)")
+        return "; ".join(causes) + ". Restore what changed to resume, or start a new run from this checkpoint's " \
+            "weights with pretrained=<checkpoint> in another output_dir"
 
     def _agree(self, flag):
         """True on every rank if ``flag`` is true on any (a collective under data parallel)."""
@@ -148,9 +199,14 @@ class Trainer:
         error = None
         if self.runtime.is_main:
             try:
-                self.run_id = self.run_folder.claim(config.as_dict(), {
-                    "resumed_from": self.resumed_from, "global_step": state.global_step,
-                    "world_size": self.runtime.world_size})
+                start = {"resumed_from": self.resumed_from, "global_step": state.global_step,
+                         "world_size": self.runtime.world_size, "train_images": self.train_data.num_samples,
+                         "batch_size": config.batch_size}
+                if self.config_changes:
+                    start["changed"] = self.config_changes
+                if self.run_folder.unreadable:
+                    start["passed_over"] = [os.path.basename(p) for p in self.run_folder.unreadable]
+                self.run_id = self.run_folder.claim(config.as_dict(), start)
                 if self.train_data.held_out and read_holdout(config.output_dir) is None:
                     write_holdout(config, self.train_data, self.train_data.held_out)
             except DVTError as raised:
@@ -170,7 +226,9 @@ class Trainer:
                                  config.log_every_steps, config.progress_bar, enabled=runtime.is_main)
         self.progress.record("start", run_id=self.run_id, resumed_from=self.resumed_from,
                              global_step=state.global_step, steps_per_epoch=self.steps_per_epoch,
-                             world_size=runtime.world_size, device=runtime.device_target, amp_level=runtime.amp_level)
+                             world_size=runtime.world_size, device=runtime.device_target, amp_level=runtime.amp_level,
+                             changed=self.config_changes)
+        self._start_step = state.global_step
         _logger.info("%s: %d images, %d classes, %d steps per epoch of %d x %d images, %d epochs",
                      self.train_data.name, self.train_data.num_samples, self.arch.num_classes,
                      self.steps_per_epoch, runtime.world_size, config.batch_size, self.num_epochs)
@@ -200,13 +258,25 @@ class Trainer:
                     self._save()  # the final state is always on disk
                 if state.global_step < self.total_steps and self._stop_agreed():
                     self._stopped()
+        except DataFolderGoneError as error:
+            raise self._data_gone(error) from None
         finally:
             self.progress.close()
+            if state.global_step == self._start_step and self.runtime.is_main:
+                self.run_folder.withdraw(extra_names=(HOLDOUT_FILE,))
             self.run_folder.release()
         best = f"best last-exit top-1 {state.best_top1:.2f}%" if state.best_top1 >= 0 else "not validated"
         _logger.info("done: global step %d, %s", state.global_step, best)
         return {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
                 "best_top1": state.best_top1, "validation": last_validation}
+
+    def _data_gone(self, error):
+        """The data folder vanished mid-run: the steps trained so far are saved; one error says how to go on."""
+        if self.state.global_step not in (self._saved_step, self._start_step) and not self.runtime.distributed:
+            self._save()   # (under data parallel the ranks may meet the loss at different steps: no collective)
+        latest = (self.checkpoints.latest() or "no checkpoint yet") if self.runtime.is_main else "rank 0's checkpoints"
+        return DataError(f"{error}. Training stopped at global step {self.state.global_step} (saved {latest}); "
+                         f"once the data is back, continue with resume=auto (output_dir {self.config.output_dir})")
 
     def _stop_agreed(self):
         """Whether a SIGINT/SIGTERM asks to stop, decided alike on every rank. Under data parallel
