@@ -74,8 +74,8 @@ SCHEMA = (
            "augmentation", minimum=0.0, maximum=1.0),
     Option("label_smoothing", "float", 0.1, "label smoothing of every exit's cross-entropy",
            "augmentation", minimum=0.0, below=1.0),
-    Option("crop_pct", "float", DEFAULT_PREPROCESSING["crop_pct"], "eval: resize to round(img_size / crop_pct), then center-crop "
-           "img_size", "augmentation", minimum=0.05, maximum=1.0),
+    Option("crop_pct", "float", DEFAULT_PREPROCESSING["crop_pct"], "eval: resize to round(img_size / crop_pct), "
+           "then center-crop img_size", "augmentation", minimum=0.05, maximum=1.0),
 
     Option("opt", "str", "adamw", "mindcv optimizer", "optimisation",
            choices=("adamw", "adam", "sgd", "momentum", "nesterov", "lion", "nadam", "adan", "lamb")),

@@ -128,14 +128,14 @@ def thresholds_from_published(results, source):
             continue
         values[-1] = float(ALWAYS)      # the last exit answers whatever reaches it
         rows.append({"budget_index": index + 1, "exit_thresholds": values})
-    raise_problems(problems, source, ManifestError)
-    figures = results.get("budgeted_batch_classification")
     document = {"model": results.get("model"), "num_exits": num_exits}
     if isinstance(results.get("flops"), list) and len(results["flops"]) == num_exits:
         try:
             document["exit_gflops"] = list(check_value(Field("flops", "floats"), results["flops"]))
         except ValueError as error:
-            raise_problems([f"flops {error}"], source, ManifestError)
+            problems.append(f"flops {error}")
+    raise_problems(problems, source, ManifestError)
+    figures = results.get("budgeted_batch_classification")
     if isinstance(figures, list) and len(figures) == 2 and all(isinstance(f, list) and len(f) == len(rows)
                                                                 for f in figures):
         for row, gflops, accuracy in zip(rows, *figures):
@@ -165,8 +165,9 @@ def read_thresholds(path):
 
 def thresholds_problems(thresholds, model_name, num_exits):
     """Every problem of a thresholds document for the model ``model_name`` of ``num_exits`` exits
-    (either None if unknown), each named by its path in the document: one number per exit in ``exit_thresholds`` and in every
-    row of its ``budgets`` table (if it has one), the model's name, the digest's form."""
+    (either None if unknown), each named by its path in the document: one number per exit in
+    ``exit_thresholds`` and in every row of its ``budgets`` table (if it has one), the model's
+    name, the digest's form."""
     values, problems = check_fields(thresholds_fields(num_exits), thresholds)
     if model_name is not None and "model" in values and values["model"] != model_name:
         problems.append(f"model must be {model_name!r} (the model's), got {values['model']!r}: "
