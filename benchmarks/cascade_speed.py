@@ -5,7 +5,7 @@ each batch size, GFLOP/s, and the fraction of this machine's matrix-product ceil
                                        [--repeats 3] [--torch_python /path/to/python-with-torch]
 
 ``--kernels on`` uses the compiled CPU GELU/LayerNorm kernels (dvt_ms/models/cpu_kernels), ``off``
-MindSpore's native ops (DVT_CPU_KERNELS=0); both include the exact matmul reformulations. For the
+MindSpore's native ops (``use_cpu_kernels(False)``, what exported graphs run); both include the exact matmul reformulations. For the
 code before this work, run the same script with an older dvt_ms first on PYTHONPATH (the
 ``kernels`` column then reads "n/a": that code has no switch).
 
@@ -111,7 +111,8 @@ def main(argv=None):
             print(json.dumps({"gmacs_per_second": matmul_ceiling_gmacs(args.repeats)}))
             return 0
         name, batch, kernels = args._worker
-        os.environ["DVT_CPU_KERNELS"] = "1" if kernels == "on" else "0"
+        from dvt_ms.models.layers import use_cpu_kernels
+        use_cpu_kernels(kernels == "on")
         ms_per_image, gmacs = time_cascade(name, int(batch), args.repeats)
         print(json.dumps({"ms_per_image": ms_per_image, "gmacs": gmacs}))
         return 0

@@ -1,7 +1,7 @@
 """How much of DVT's theoretical saving the MindIR early-exit engine delivers on this machine.
 
     python benchmarks/early_exit_engine.py --preset dvt_deit_small [--images 64] [--shares 0.6 0.25 0.15]
-    python benchmarks/early_exit_engine.py --config configs/demo.yaml [...]   # a config's model, random weights
+    python benchmarks/early_exit_engine.py --config configs/demo.yaml [key=value ...]   # a config's model, random weights
     python benchmarks/early_exit_engine.py --mindir DIR [...]                 # an export directory
 
 On the same images it times the model part (after compiling every batch size once):
@@ -14,11 +14,15 @@ and reports each speedup measured beside the one predicted by FLOPs, and their r
 that it times preprocessing (decode, resize, crop, normalise) of JPEG files of --image_size, and
 batch-1 latency (streaming; p50/p95 overall and per exit).
 ``--preset`` and ``--config`` export a randomly initialised model first (latency does not depend on
-the weights).
+the weights). With ``--preset`` and ``--torch_python``, the exported graphs' full cascade (every exit,
+batch ``--batch_size``) is set against the PyTorch reference of the authors' code at the same batch
+(benchmarks/torch_reference.py, timed in a subprocess while MindSpore is idle).
 """
+import json
 import logging
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 
@@ -35,12 +39,14 @@ from dvt_ms.device import use_device
 LOGGER = logging.getLogger("early_exit_engine")
 
 
-def _export_random(out_dir, preset=None, config_path=None):
+def _export_random(out_dir, preset=None, config_path=None, overrides=()):
     import dvt_ms
     from dvt_ms.config import load_config
+    from dvt_ms.cli import parse_overrides
     from dvt_ms.data.transforms import run_preprocessing
     from dvt_ms.export.writer import export_model
-    config = load_config(config_path, None if config_path else {"model": preset}, command="export")
+    overrides = {**parse_overrides(list(overrides)), **({} if config_path else {"model": preset})}
+    config = load_config(config_path, overrides or None, command="export")
     model = dvt_ms.DVT(config.arch)
     export_model(model, out_dir, config.model, run_preprocessing(config, model.config.img_size))
 
@@ -89,7 +95,8 @@ def main():
     source.add_argument("--config", help="export this config's model with random weights (e.g. configs/demo.yaml)")
     source.add_argument("--mindir", help="an export directory (run_export.sh)")
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="images per exit call (default: the engine's choice for --images, as run_infer.sh)")
     parser.add_argument("--shares", type=float, nargs="+", default=[0.6, 0.25, 0.15],
                         help="share of images stopping at each exit")
     parser.add_argument("--repeats", type=int, default=3)
@@ -98,16 +105,31 @@ def main():
     parser.add_argument("--image_size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"),
                         help="size of the JPEG files whose preprocessing is timed")
     parser.add_argument("--device_target", default="CPU", help="CPU, GPU, Ascend or auto")
-    args = parser.parse_args()
+    parser.add_argument("--torch_python", help="a Python with torch (with --preset): the authors' cascade alongside")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config/--preset)")
+    args = parser.parse_intermixed_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.torch_python and args.preset and args.batch_size is None:
+        args.batch_size = 16
+    # before MindSpore's runtime starts: its idle threads would slow the PyTorch reference
+    reference = None
+    if args.torch_python and args.preset:
+        command = [args.torch_python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py"),
+                   "--model", args.preset, "--batch", str(args.batch_size), "--repeats", str(args.repeats)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            LOGGER.warning("torch reference failed: %s", result.stderr.strip()[-300:])
+        else:
+            reference = json.loads(result.stdout.strip().splitlines()[-1])["ms_per_image"]
     use_device(args.device_target)
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.mindir
         if not model_dir:
             model_dir = os.path.join(scratch, "mindir")
-            _export_random(model_dir, args.preset, args.config)
-        engine = EarlyExitEngine(model_dir, max_batch=args.batch_size)
+            _export_random(model_dir, args.preset, args.config, args.overrides)
+        engine = EarlyExitEngine(model_dir, max_batch=args.batch_size, num_images=args.images)
+        args.batch_size = engine.max_batch
         if len(args.shares) != engine.num_exits or abs(sum(args.shares) - 1) > 1e-6:
             parser.error(f"--shares needs {engine.num_exits} values summing to 1")
         begin = time.perf_counter()
@@ -172,6 +194,10 @@ def main():
                       for k, (s, info) in enumerate(zip(stage_seconds, exits_info)))
           + f"; the speedup over every exit these stage times allow: {by_stage_times:.2f}x "
           f"(measured / stage times: {all_exits / early / by_stage_times:.2f})")
+    if reference:
+        ours = 1e3 * all_exits / args.images
+        print(f"\nexported graphs, every exit, batch {args.batch_size}: {ours:.1f} ms/image; PyTorch reference of the "
+              f"authors' cascade: {reference:.1f} ms/image; speedup {reference / ours:.2f}x")
     if streaming:
         print(f"\nbatch 1 (streaming, {len(streaming['early'])} images), model part, ms:\n")
         print("| run | p50 | p95 |")

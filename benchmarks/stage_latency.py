@@ -16,6 +16,7 @@ import mindspore as ms
 from dvt_ms import cli
 import dvt_ms
 from dvt_ms.models.flops import model_flops
+from dvt_ms.models.layers import use_device_kernels
 
 LOGGER = logging.getLogger("stage_latency")
 
@@ -71,6 +72,7 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(args.device_target)
+    use_device_kernels(args.device_target)   # as training and calibration run the model
     rows = []
     for name in args.models:
         for relation_reuse in (True, False):

@@ -4,12 +4,18 @@ at the logging cadence (the loop now), and how much of a step the host spends wa
     python benchmarks/train_step.py [--families demo deit t2t] [--amp O0 O2] [--kernels on off]
                                     [--steps 40] [--log_every 10]
     python benchmarks/train_step.py --memory      # measured peak memory of a step vs the estimate
+    python benchmarks/train_step.py --families dvt_t2t_vit_12 dvt_deit_small --amp O0 \
+        --torch_python /path/to/python-with-torch   # full presets, batch 16, against the authors' step
 
 The configs are configs/demo.yaml (demo: 64 px, 1x1/4x4/8x8 tokens, D=64, 3 blocks, batch 32),
 configs/tiny_cpu.yaml (deit: 64 px, 4x4/6x6/8x8 tokens, D=64, 2 blocks, batch 32) and the same
 with the t2t tokenizers (model=dvt_t2t_vit_12, token_dim=16, grids 2/3/4), on a synthetic demo
-dataset written to a temporary folder. ``--kernels off`` builds the model without the compiled
-CPU GELU/LayerNorm kernels (DVT_CPU_KERNELS=0). Each row times the same compiled step on
+dataset written to a temporary folder; ``dvt_t2t_vit_12`` and ``dvt_deit_small`` are the full
+presets with their ImageNet configs (mixup, EMA) at batch 16, 224 px. ``--kernels off`` builds the
+model without the compiled CPU GELU/LayerNorm kernels (DVT_CPU_KERNELS=0, which the runtime
+set-up's ``use_cpu_kernels`` obeys). ``--torch_python`` adds the authors' step
+(benchmarks/torch_reference.py --train: forward, summed soft-target cross-entropy, backward, AdamW,
+EMA) for the full presets, against our step without the data fetching, in ms per image. Each row times the same compiled step on
 the same batches: "every step" reads the exit losses and the applied flag back after every step
 (``asnumpy`` twice, as the training loop did), "at log cadence" reads the device-side monitor
 every ``--log_every`` steps. Columns: ms per step; the share of the wall time the host spends
@@ -34,7 +40,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_T2T = {"model": "dvt_t2t_vit_12", "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0,
             "patch_grids": None, "token_dim": 16}
 # family -> (config file, overrides)
-FAMILIES = {"demo": ("demo.yaml", {}), "deit": ("tiny_cpu.yaml", {}), "t2t": ("tiny_cpu.yaml", TINY_T2T)}
+FULL_PRESET = {"batch_size": 16, "num_workers": 2}
+FAMILIES = {"demo": ("demo.yaml", {}), "deit": ("tiny_cpu.yaml", {}), "t2t": ("tiny_cpu.yaml", TINY_T2T),
+            "dvt_t2t_vit_12": ("dvt_t2t_vit_12_imagenet.yaml", FULL_PRESET),
+            "dvt_deit_small": ("dvt_deit_small_imagenet.yaml", FULL_PRESET)}
 # Memory probes: (name, overrides of configs/tiny_cpu.yaml); chosen so activations dominate.
 MEMORY_PROBES = [
     ("deit 64px grids 2/4/8 batch 8 (compilation alone)", {"patch_grids": [2, 4, 8], "batch_size": 8}),
@@ -91,7 +100,7 @@ def time_config(family, amp_level, kernels, steps, log_every, repeats, data_dir,
     import mindspore as ms
     from dvt_ms.train.trainer import Trainer
     ms.set_context(mode=ms.GRAPH_MODE)
-    os.environ["DVT_CPU_KERNELS"] = "1" if kernels == "on" else "0"   # read when the model is built
+    os.environ["DVT_CPU_KERNELS"] = "1" if kernels == "on" else "0"   # obeyed by the runtime set-up
     config_file, extra = FAMILIES[family]
     trainer = Trainer(_config(data_dir, os.path.join(work, f"{family}-{amp_level}-{kernels}"), amp_level, extra,
                               config_file))
@@ -106,7 +115,8 @@ def time_config(family, amp_level, kernels, steps, log_every, repeats, data_dir,
         total, read, call, fetch = (statistics.median(values) for values in zip(*runs))
         rows.append({"family": family, "amp": amp_level, "kernels": kernels, "readback": "every step" if every_step else
                      f"every {log_every} steps", "ms_per_step": 1e3 * total / steps, "wait": read / total,
-                     "call": call / total, "data": fetch / total})
+                     "call": call / total, "data": fetch / total,
+                     "step_ms_per_image": 1e3 * (total - fetch) / steps / trainer.config.batch_size})
     return rows
 
 
@@ -135,6 +145,22 @@ def memory_probe(name, extra, data_dir, work):
             "estimated_total_gb": estimate.total / 2 ** 30}
 
 
+def _torch_step(python, family, repeats):
+    """ms per image of the authors' training step at batch 16 (full presets only), or None."""
+    if family not in FULL_PRESET_NAMES:
+        return None
+    command = [python, os.path.join(REPO, "benchmarks", "torch_reference.py"), "--train", "--model", family,
+               "--batch", str(FULL_PRESET["batch_size"]), "--repeats", str(max(repeats, 3))]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        print(f"torch reference failed for {family}: {result.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])["ms_per_image"]
+
+
+FULL_PRESET_NAMES = ("dvt_t2t_vit_12", "dvt_deit_small")
+
+
 def _write_data(root):
     from dvt_ms.demo.dataset import write_dataset
     write_dataset(root, train_per_class=160, val_per_class=2, image_size=64)
@@ -150,6 +176,7 @@ def main(argv=None):
     parser.add_argument("--log_every", type=int, default=10, help="the logging cadence (tiny_cpu.yaml: 10)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the median is reported")
     parser.add_argument("--memory", action="store_true", help="measure peak step memory against the estimate")
+    parser.add_argument("--torch_python", help="a Python with torch: the authors' step for the full presets")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="train-step-bench-") as work:
@@ -173,9 +200,10 @@ def main(argv=None):
                       f"{row['estimated_total_gb']:.2f} |")
             return 0
         print("| family | amp | kernels | losses read back | ms/step | host waiting on reads | in the step call | "
-              "fetching data |")
-        print("|---|---|---|---|---|---|---|---|")
+              "fetching data | step ms/img (no data) | PyTorch ms/img | speedup |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for family in args.families:
+            reference = _torch_step(args.torch_python, family, args.repeats) if args.torch_python else None
             for amp_level in args.amp:
                 for kernels in args.kernels:
                     try:
@@ -189,7 +217,9 @@ def main(argv=None):
                     for row in rows:
                         print(f"| {row['family']} | {row['amp']} | {row['kernels']} | {row['readback']} | "
                               f"{row['ms_per_step']:.1f} | {100 * row['wait']:.1f}% | {100 * row['call']:.1f}% | "
-                              f"{100 * row['data']:.1f}% |")
+                              f"{100 * row['data']:.1f}% | {row['step_ms_per_image']:.1f} | "
+                              + (f"{reference:.1f} | {reference / row['step_ms_per_image']:.2f}x |" if reference
+                                 else "- | - |"))
                     sys.stdout.flush()
     return 0
 

@@ -26,7 +26,7 @@ from .schema import Field as Option, check_fields, format_default, raise_problem
 __all__ = ["Option", "SCHEMA", "OPTIONS", "ALIASES", "COMMANDS", "RunConfig", "load_config", "model_overrides",
            "schema_markdown", "suggest_key"]
 
-_KIND_NAMES = {"ints": "list of int", "strs": "list of str", "pair": "[float, float]"}
+_KIND_NAMES = {"ints": "list of int", "floats": "list of float", "strs": "list of str", "pair": "[float, float]"}
 
 
 def _model_options():
@@ -53,6 +53,9 @@ SCHEMA = (
            "the run's config.yaml", "data", nullable=True),
     Option("verify_images", "bool", True, "decode every image once (results cached in output_dir/image_check, "
            "shared by all ranks) and leave out unreadable ones, naming each", "data"),
+    Option("image_check_wait_minutes", "float", 120.0, "under data parallel, how long the other ranks wait for "
+           "rank 0's image check (in output_dir: it must be on a filesystem all nodes share) before giving up; "
+           "sized for ImageNet on a slow filesystem", "data", minimum=0.0),
     Option("holdout_per_class", "int", 0, "images per class kept out of training (drawn by seed, recorded in "
            "output_dir/holdout.json); calibration then uses exactly those", "data", minimum=0),
     Option("batch_size", "int", 64, "images per device per step", "data", minimum=1),
@@ -82,24 +85,33 @@ SCHEMA = (
     Option("lr", "float", 5e-4, "peak learning rate (for the whole batch across devices)", "optimisation",
            minimum=0.0),
     Option("weight_decay", "float", 0.05, "decoupled weight decay", "optimisation", minimum=0.0),
-    Option("weight_decay_filter", "str", "norm_and_bias", "mindcv's weight-decay filter; norm_and_bias also exempts class tokens and "
-           "position embeddings",
-           "optimisation", choices=("disable", "norm_and_bias", "auto")),
+    Option("weight_decay_filter", "str", "ndim1_and_bias", "parameters spared weight decay: ndim1_and_bias = 1-D ones "
+           "and *.bias (the authors'), norm_and_bias = mindcv's (also class tokens and position embeddings), auto = "
+           "MindSpore's (norms only), disable = none",
+           "optimisation", choices=("ndim1_and_bias", "norm_and_bias", "auto", "disable")),
+    Option("opt_betas", "floats", (0.9, 0.999), "adamw: the moment decay rates [beta1, beta2]", "optimisation",
+           minimum=0.0, below=1.0, length=2),
+    Option("opt_eps", "float", 1e-8, "adamw: epsilon added to sqrt(v) (the authors': PyTorch's 1e-8)",
+           "optimisation", above=0.0),
     Option("clip_grad_norm", "float", None, "clip the global gradient norm to this (null = no clipping)",
            "optimisation", nullable=True, minimum=0.0),
     Option("ema", "bool", False, "keep an exponential moving average of the weights (evaluated and saved)",
            "optimisation"),
     Option("ema_decay", "float", 0.99996, "EMA decay per step", "optimisation", minimum=0.0, below=1.0),
 
-    Option("scheduler", "str", "cosine_decay", "learning-rate schedule after warm-up (mindcv)", "schedule",
+    Option("scheduler", "str", "cosine_decay", "learning-rate curve: cosine_decay = timm's cosine from lr to min_lr "
+           "over epochs, the warm-up overlapping its start; constant = lr after the warm-up", "schedule",
            choices=("cosine_decay", "constant")),
-    Option("epochs", "int", 300, "warm-up + decay epochs; training runs epochs + cooldown_epochs",
+    Option("epochs", "int", 300, "epochs of the cosine (the warm-up overlaps its start); training runs "
+           "epochs + cooldown_epochs",
            "schedule", minimum=1),
     Option("warmup_epochs", "int", 20, "linear warm-up epochs, from warmup_lr to lr", "schedule", minimum=0),
     Option("warmup_lr", "float", 1e-6, "learning rate at the first step", "schedule", minimum=0.0),
     Option("min_lr", "float", 1e-5, "learning rate at the end of the decay and during cool-down",
            "schedule", minimum=0.0),
     Option("cooldown_epochs", "int", 10, "epochs at min_lr after the decay", "schedule", minimum=0),
+    Option("lr_epoch_stair", "bool", True, "the learning rate changes once per epoch, as timm steps the published "
+           "schedule (false: every step)", "schedule"),
 
     Option("device_target", "str", "auto", "auto picks Ascend, then GPU, then CPU", "device",
            choices=("auto", "Ascend", "GPU", "CPU")),
@@ -110,8 +122,12 @@ SCHEMA = (
     Option("loss_scale_type", "str", "auto", "auto = dynamic for float16, none otherwise", "device",
            choices=("auto", "none", "fixed", "dynamic")),
     Option("loss_scale", "float", 65536.0, "(initial) loss scale", "device", minimum=1.0),
-    Option("data_sink", "bool", False, "Ascend/GPU: feed batches through the device's data queue "
-           "(mindspore.data_sink; ignored on CPU; not yet measured on a device)", "device"),
+    Option("fast_float32", "bool", False, "let float32 matmuls and convolutions run in HF32 (Ascend) / TF32 "
+           "(GPU): faster, but not float32 (parity with the published models fails); false = true float32",
+           "device"),
+    Option("max_skipped_steps", "int", 20, "a step with a non-finite loss or gradients is skipped (weights "
+           "untouched, a dynamic loss scale halved); this many in a row stop the run, keeping the last checkpoint",
+           "device", minimum=1),
     Option("seed", "int", 0, "seed for weights, data order and augmentation", "device", minimum=0),
 
     Option("output_dir", "str", "outputs/run", "the run's folder: checkpoints, config.yaml, log.jsonl, run.json "
@@ -155,14 +171,29 @@ ALIASES = {
     "learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "optimizer": "opt", "num_epochs": "epochs",
     "epoch_size": "epochs", "warmup": "warmup_epochs", "warmup_learning_rate": "warmup_lr",
     "min_learning_rate": "min_lr", "eta_min": "min_lr", "bs": "batch_size", "batch": "batch_size",
+    "eps": "opt_eps", "betas": "opt_betas", "sched": "scheduler",
     "workers": "num_workers", "data_path": "data_dir", "data_root": "data_dir", "dataset_dir": "data_dir",
     "out_dir": "output_dir", "ckpt_save_dir": "output_dir", "save_dir": "output_dir", "amp": "amp_level",
     "device": "device_target", "model_name": "model", "arch": "model", "image_size": "img_size",
     "smoothing": "label_smoothing", "clip_grad": "clip_grad_norm", "model_ema": "ema",
     "model_ema_decay": "ema_decay", "reprob": "re_prob", "aa": "auto_augment", "checkpoint": "pretrained",
     "ckpt_path": "pretrained", "resume_from": "resume", "log_interval": "log_every_steps",
-    "sink_mode": "data_sink", "dataset_sink_mode": "data_sink", "drop_path": "drop_path_rate",
+    "drop_path": "drop_path_rate",
 }
+
+
+# Keys taken out: (the value that asked for nothing, so older run folders' config.yaml still load;
+# why, said instead of a nearest-key guess for any other value).
+REMOVED = {
+    "data_sink": (False, "removed: sinking the data to the device queue was never measured on a device and did "
+                         "not honour resume, max_steps or the image checks; batches go through the host loop"),
+}
+REMOVED.update({alias: REMOVED["data_sink"] for alias in ("sink_mode", "dataset_sink_mode")})
+
+
+def _removed_key_problems(layer, source):
+    return [f"{source}: {key} was {REMOVED[key][1]} (delete the key)"
+            for key, value in layer.items() if key in REMOVED and value != REMOVED[key][0]]
 
 
 def suggest_key(key):
@@ -266,6 +297,8 @@ def load_config(path=None, overrides=None, command="train"):
         layers.append(("command line", dict(overrides)))
     values, problems = {option.name: option.default for option in SCHEMA}, []
     for source, layer in layers:
+        problems += _removed_key_problems(layer, source)
+        layer = {key: value for key, value in layer.items() if key not in REMOVED}
         values, layer_problems = check_fields(SCHEMA, layer, source, ALIASES, values=values,
                                               unknown_hint="see `python -m dvt_ms.train --list_keys`")
         problems += layer_problems

@@ -25,7 +25,12 @@ if _dvt_setup; then
   # DVT_ROOT (pip install -e . does the same for a venv of your own).
   export PATH="$DVT_VENV/bin:$PATH"
   export PYTHONPATH="$DVT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  export GLOG_v="${GLOG_v:-3}"   # MindSpore: errors only, unless the user asks for more
+  # MindSpore logs warnings and errors (2): its device warnings (a plugin that did not load, a
+  # fallback) must reach the user. GLOG_v=3 keeps errors only, 1 adds info.
+  export GLOG_v="${GLOG_v:-2}"
+  # Except the graph compiler's (SESSION) notes on CPU gradient expansion, several lines of IR
+  # per compile that say nothing to a user. Set MS_SUBMODULE_LOG_v yourself to see them.
+  [ -n "${MS_SUBMODULE_LOG_v+set}" ] || export MS_SUBMODULE_LOG_v='{SESSION:3}'
   unset -f _dvt_setup
 else
   unset -f _dvt_setup

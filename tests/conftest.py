@@ -17,6 +17,16 @@ ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
 
 
+@pytest.fixture(autouse=True)
+def default_layer_kernels():
+    """Every test starts with the library's default GELU/LayerNorm ops: a command run in-process
+    (training, calibration) switches the device's kernels on for the layers built after it."""
+    from dvt_ms.models.layers import use_cpu_kernels, use_fused_gelu
+    use_cpu_kernels(False)
+    use_fused_gelu(False)
+    yield
+
+
 @pytest.fixture(scope="session")
 def golden_dir():
     return GOLDEN

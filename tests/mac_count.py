@@ -2,7 +2,7 @@
 
 An independent check of ``dvt_ms.models.flops``: instead of a formula per layer, the Cells run once
 in PyNative mode while every matrix product (``ops.matmul``, the ``MatMul`` primitive behind
-``nn.Dense``, the patch embedding and the relation reuse, and the ``Conv2D`` primitive) records
+``nn.Dense``, the patch embedding and the relation reuse, the ``BatchMatMul`` primitive of q·kᵀ, and the ``Conv2D`` primitive) records
 the MACs its operand shapes imply. Products with a constant row or column (a sum written as a
 matmul: the Performer's Σ kp and |t|²/2) are additions, not MACs, and are left out as the FLOPs
 convention leaves sums out; the products with
@@ -14,7 +14,7 @@ import contextlib
 import numpy as np
 import mindspore as ms
 from mindspore import ops
-from mindspore.ops.auto_generate.gen_ops_prim import MatMul
+from mindspore.ops.auto_generate.gen_ops_prim import BatchMatMul, MatMul
 from mindspore.ops.operations.nn_ops import Conv2D
 
 
@@ -53,6 +53,7 @@ class MacCounter:
     def watching(self, monkeypatch):
         functional = ops.matmul
         primitive_call = MatMul.__call__
+        batch_call = BatchMatMul.__call__
         conv_call = Conv2D.__call__
 
         def matmul(a, b):
@@ -65,6 +66,14 @@ class MacCounter:
             self._add(self._kind(a, b), _matmul_macs(a_shape, b_shape))
             return primitive_call(prim, a, b)
 
+        def batch_matmul_primitive(prim, a, b):
+            def last_two_swapped(shape, swap):
+                return shape[:-2] + shape[:-3:-1] if swap else shape
+            a_shape = last_two_swapped(tuple(a.shape), prim.transpose_a)
+            b_shape = last_two_swapped(tuple(b.shape), prim.transpose_b)
+            self._add(self._kind(a, b), _matmul_macs(a_shape, b_shape))
+            return batch_call(prim, a, b)
+
         def conv(prim, x, weight):
             out = conv_call(prim, x, weight)
             batch, out_channels, height, width = out.shape
@@ -75,6 +84,7 @@ class MacCounter:
         with monkeypatch.context() as patch:
             patch.setattr(ops, "matmul", matmul)
             patch.setattr(MatMul, "__call__", matmul_primitive)
+            patch.setattr(BatchMatMul, "__call__", batch_matmul_primitive)
             patch.setattr(Conv2D, "__call__", conv)
             previous = ms.get_context("mode")
             ms.set_context(mode=ms.PYNATIVE_MODE)

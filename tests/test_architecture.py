@@ -110,6 +110,12 @@ def test_the_model_needs_nothing_of_training_calibration_export_or_deployment():
     assert not needed & {"train", "calibrate", "export", "deploy", CONTRACT, "config", "data"}, needed
 
 
+def test_nothing_imports_the_device_check():
+    importers = [module for module, path in _modules() if _part(module) != "devicecheck"
+                 and any(_part(target) == "devicecheck" for target in _imports(module, path))]
+    assert not importers, importers
+
+
 def test_no_import_cycles():
     graph = {module: {t for t in _imports(module, path) if t != module} for module, path in _modules()}
     state = {}

@@ -6,6 +6,7 @@ import logging
 import os
 import pathlib
 import threading
+import time
 
 import mindspore as ms
 import numpy as np
@@ -302,7 +303,7 @@ def test_other_ranks_wait_for_rank_0s_check_and_read_it(folders, tmp_path, monke
     checked.clear()
     results = {}
     reader = threading.Thread(target=lambda: results.update(
-        reader=ImageCheck(tmp_path / "cache", writer=False, token=2).split(root)))
+        reader=ImageCheck(tmp_path / "cache", writer=False, token=2, wait_seconds=60).split(root)))
     reader.start()
     reader.join(timeout=1.0)
     assert reader.is_alive()   # still waiting: no result of this start (token 2) yet
@@ -318,7 +319,20 @@ def test_a_listing_error_reaches_the_waiting_ranks(folders, tmp_path):
     with pytest.raises(DataError, match="c9 has no images"):
         ImageCheck(tmp_path / "cache", token=7).split(root)
     with pytest.raises(DataError, match="c9 has no images"):
-        ImageCheck(tmp_path / "cache", writer=False, token=7).split(root)
+        ImageCheck(tmp_path / "cache", writer=False, token=7, wait_seconds=60).split(root)
+
+
+def test_a_rank_waiting_for_a_check_that_never_comes_gives_up_naming_the_file(folders, tmp_path):
+    """As on a node whose output_dir is not the one rank 0 writes to."""
+    root = str(folders / "train")
+    reader = ImageCheck(tmp_path / "cache", writer=False, token=3, wait_seconds=0.5)
+    started = time.monotonic()
+    with pytest.raises(DataError) as error:
+        reader.split(root)
+    assert 0.5 <= time.monotonic() - started < 10
+    message = str(error.value)
+    assert str(tmp_path / "cache") in message and ".ready never appeared" in message
+    assert "output_dir must be on a filesystem every node shares" in message and "image_check_wait_minutes" in message
 
 
 # ---------------------------------------------------------------- calibration images, said truthfully

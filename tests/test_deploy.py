@@ -24,6 +24,8 @@ from dvt_ms.contract.signature import exit_signature
 from dvt_ms.contract.thresholds import load_thresholds
 from dvt_ms.convert import load_torch_checkpoint, published_results_path
 from dvt_ms.deploy import Classifier
+from dvt_ms.deploy.controller import BudgetController
+from dvt_ms.deploy.deadline import DeadlinePolicy, measure_exit_seconds
 from dvt_ms.deploy.engine import EarlyExitEngine, EarlyExitRun, bucket_sizes
 from dvt_ms.deploy.infer import collect_images, run_inference
 from dvt_ms.deploy.preprocess import Preprocessor
@@ -211,6 +213,51 @@ def test_edited_normalisation_in_the_manifest_changes_the_answers(exported, engi
     assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(original, edited)) > 1e-3
 
 
+@pytest.mark.parametrize("exported", ["deit"], indirect=True)
+def test_budget_controller_steers_the_engine_row_by_row(exported, engine, image_folder):
+    """Streaming with a controller over a budget table made from these images' own scores: every
+    image exits where the offline rule puts it under the row in force when it ran."""
+    _, model, _, _ = exported
+    paths, labels, images = _preprocessed(engine.manifest, image_folder)
+    probs = _offline(model, images)
+    rows = [{"budget_index": row["budget_index"], "exit_thresholds": [float(t) for t in row["thresholds"]],
+             "calibration_gflops": row["gflops"], "calibration_accuracy": row["accuracy"]}
+            for row in search.budget_curve(probs, labels, engine.cumulative_gflops)]
+    start = max(rows, key=lambda row: row["calibration_gflops"])["exit_thresholds"]     # the dearest row
+    controller = BudgetController(rows, engine.cumulative_gflops, start, window=8, tolerance=0.01)
+    controller.target *= 0.5        # a target the dearest row overshoots: the controller must move
+    records, summary = run_inference(engine, paths, labels, start, batch_size=1, compare_all_exits=False,
+                                     policy=controller)
+    positions, exits, _, rows_used = controller.answers()
+    assert positions.tolist() == list(range(NUM_IMAGES)) and [r["exit"] - 1 for r in records] == exits.tolist()
+    assert summary["policy"]["switches"] and len(set(rows_used.tolist())) > 1
+    for index, row in enumerate(rows_used):
+        expected, _ = search.assign_exits(probs[:, index:index + 1], controller.row_thresholds[row])
+        assert exits[index] == expected[0]
+
+
+@pytest.mark.parametrize("exported", ["deit"], indirect=True)
+def test_deadline_policy_in_the_engine_stops_at_the_first_exit_or_follows_the_thresholds(exported, engine,
+                                                                                         image_folder):
+    _, model, _, _ = exported
+    paths, labels, images = _preprocessed(engine.manifest, image_folder)
+    probs = _offline(model, images)
+    thresholds = _midpoint_thresholds(probs)
+    seconds = measure_exit_seconds(engine, repeats=3)
+    assert all(len(s) == 3 and min(s) > 0 for s in seconds)
+    expected, _ = search.assign_exits(probs, np.float32(thresholds))
+    for deadline_ms, exits in ((1e6, expected), (1e-3, np.zeros(NUM_IMAGES, np.int64))):
+        policy = DeadlinePolicy(deadline_ms, thresholds, seconds)
+        records, summary = run_inference(engine, paths, labels, thresholds, batch_size=1, compare_all_exits=False,
+                                         policy=policy)
+        assert [r["exit"] - 1 for r in records] == exits.tolist()
+        result = summary["policy"]
+        confident_early = np.mean(probs[0].max(axis=1) >= thresholds[0])
+        by_deadline = 0.0 if deadline_ms > 1 else 1.0 - confident_early
+        assert result["answered_by_deadline"] == pytest.approx(by_deadline)
+        assert result["latency_ms"]["p99"] == pytest.approx(summary["latency_ms"]["model"]["p99"])
+
+
 def _infer_cli(*args):
     return subprocess.run([sys.executable, "-m", "dvt_ms.deploy", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True)
@@ -232,6 +279,24 @@ def test_cli_writes_results_and_summary(exported, image_folder, tmp_path):
     assert summary["preprocess_ms_per_image"] > 0
     assert summary["end_to_end_images_per_second"] < summary["images_per_second"]
     assert "accuracy" in result.stdout and "latency_ms" not in summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exported", ["deit"], indirect=True)
+def test_cli_holds_a_budget_and_meets_a_deadline(exported, image_folder, tmp_path):
+    family, _, out, _ = exported
+    result = _infer_cli("--model", out, image_folder, "--hold_budget", "0.02", "--window", "8",
+                        "--summary", tmp_path / "held.json")
+    assert result.returncode == 0, result.stderr
+    held = json.loads((tmp_path / "held.json").read_text())["policy"]
+    assert held["mode"] == "hold_budget" and held["start_row"]["calibration_gflops"] == 0.02
+    assert sum(w["images"] for w in held["windows"]) == NUM_IMAGES and "budget held" in result.stdout
+    result = _infer_cli("--model", out, image_folder, "--deadline_ms", "1000",
+                        "--summary", tmp_path / "deadline.json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "deadline.json").read_text())
+    assert summary["batch_size"] == 1 and summary["policy"]["deadline_ms"] == 1000
+    assert summary["policy"]["answered_by_deadline"] == 0 and "deadline 1000.00 ms" in result.stdout
 
 
 @pytest.mark.slow
@@ -322,6 +387,10 @@ def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
         "below the cheapest": ("--model", out, "--budget", "0.001", image_folder),
         "above every calibrated setting": ("--model", out, "--accuracy", "99", image_folder),
         "budget must be a finite number, got nan": ("--model", out, "--budget", "nan", image_folder),
+        "--deadline_ms streams images one at a time": ("--model", out, "--deadline_ms", "50", "--batch_size", "4",
+                                                       image_folder),
+        "--deadline_ms and --hold_budget do not combine": ("--model", out, "--deadline_ms", "50",
+                                                           "--hold_budget", "0.02", image_folder),
     }
     for message, args in cases.items():
         result = _infer_cli(*args, "--out", results)
@@ -376,6 +445,29 @@ def test_evaluation_weights_prefer_the_ema_copy(tmp_path):
     bigger = dvt_ms.create_model("dvt_deit_small", **{**overrides, "depth": 2})
     with pytest.raises(CheckpointError, match="lacks"):
         load_model_weights(bigger, str(tmp_path / "train.ckpt"))
+
+
+def _manifest_with(stage_gflops, reuse_shape=(5, 4)):
+    exits = [{"stage_gflops": g, "outputs": [{"name": "logits", "shape": [-1, 10]},
+                                             {"name": "feature", "shape": [-1, *reuse_shape]}]}
+             for g in stage_gflops]
+    return {"exits": exits}
+
+
+def test_batch_size_grows_as_the_model_shrinks_and_never_exceeds_what_the_inputs_need():
+    from dvt_ms.deploy.engine import CALL_GMACS, LARGEST_BATCH, choose_batch_size
+    preset = _manifest_with([1.1429, 2.5139, 5.2315])          # DeiT-S's stages
+    assert choose_batch_size(preset) == 16 and 16 * 1.1429 >= CALL_GMACS > 8 * 1.1429
+    assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011])) == LARGEST_BATCH   # the demo's
+    assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=300) == 512
+    assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=1) == 1
+    # reuse tensors of 64 MiB per image: a batch's worth stays within REUSE_BYTES_PER_CALL (512 MiB)
+    assert choose_batch_size(_manifest_with([0.001], reuse_shape=(16, 2 ** 20))) == 8
+
+
+def test_engine_without_a_batch_size_chooses_one_for_its_inputs(exported):
+    engine = EarlyExitEngine(str(exported[2]), num_images=3)
+    assert engine.max_batch == 4 and engine.buckets == [1, 2, 4]
 
 
 @pytest.mark.parametrize("exported", ["deit"], indirect=True)

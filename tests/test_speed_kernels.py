@@ -1,7 +1,9 @@
 """The speed work (docs/performance.md): every reformulated layer computes what the layer it replaced
-computed, the compiled CPU kernels equal the native ops forward and backward, the model falls back
-to the native ops where the kernels cannot be built, and exported graphs never contain them."""
+computed, the compiled CPU kernels equal the native ops forward and backward, building a model
+compiles and writes nothing (the kernels are switched on explicitly), the model falls back to the
+native ops where the kernels cannot be built, and exported graphs never contain them."""
 import logging
+import subprocess
 
 import mindspore as ms
 import numpy as np
@@ -12,10 +14,10 @@ from mindspore.train import mind_ir_pb2
 import dvt_ms
 from dvt_ms.export.writer import export_model
 from dvt_ms.models import cpu_kernels
-from dvt_ms.models.layers import GELU, Attention, LayerNorm
+from dvt_ms.models.layers import GELU, Attention, LayerNorm, use_cpu_kernels, use_device_kernels, use_fused_gelu
 from dvt_ms.models.presets import patch_geometry
 from dvt_ms.models.resample import resample_matrix
-from dvt_ms.models.reuse import RelationReuse
+from dvt_ms.models.reuse import FeatureReuse, RelationReuse
 from dvt_ms.models.tokenizers import PatchTokenizer, TokenPerformer
 from helpers import GOLDEN_MODELS, converted_golden_model
 
@@ -27,7 +29,7 @@ def random(shape, seed=0, scale=1.0):
 
 
 def kernels_built():
-    return cpu_kernels.kernels_requested() and cpu_kernels.library_path() is not None
+    return cpu_kernels.library_path() is not None
 
 
 needs_kernels = pytest.mark.skipif(not kernels_built(), reason="no C++ compiler: the CPU kernels cannot be built")
@@ -123,6 +125,24 @@ def test_relation_resampling_as_one_matrix_equals_resampling_each_token_axis(src
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("src, dst", [(7, 10), (10, 14), (2, 4)])
+def test_feature_reuse_as_one_map_gives_a_zero_class_token_and_each_channel_grid_resampled(src, dst):
+    """diag(0, M ⊗ M) applied once against the published rule in numpy: the class token's 48
+    channels zero, every channel's patch grid mapped X -> M X Mᵀ."""
+    reuse = FeatureReuse(dim=32, src_grid=src, dst_grid=dst, eps=1e-6)
+    reuse.set_train(False)
+    prev = random((2, 1 + src * src, 32), seed=13)
+    got = reuse(ms.Tensor(prev)).asnumpy()
+    compressed = reuse.mlp(reuse.norm(ms.Tensor(prev))).asnumpy().astype(np.float64)
+    m = resample_matrix(src, dst).astype(np.float64)
+    grids = compressed[:, 1:].transpose(0, 2, 1).reshape(2, -1, src, src)        # (B, C, src, src)
+    patches = (m @ grids @ m.T).reshape(2, -1, dst * dst).transpose(0, 2, 1)
+    expected = np.concatenate((np.zeros_like(compressed[:, :1]), patches), axis=1)
+    assert got.shape == (2, 1 + dst * dst, reuse.out_dim)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert not got[:, 0].any()
+
+
 class _GradOf(nn.Cell):
     """Gradients of sum(f(x) · cotangent) with respect to x and the cell's parameters."""
 
@@ -137,9 +157,11 @@ class _GradOf(nn.Cell):
 
 
 def _kernel_and_native(make):
-    with_kernel, native = make(), make()
-    assert with_kernel.use_cpu_kernel
-    cpu_kernels.use_native_ops(native)
+    assert use_cpu_kernels(True)
+    with_kernel = make()
+    use_cpu_kernels(False)
+    native = make()
+    assert with_kernel.use_cpu_kernel and not native.use_cpu_kernel
     return with_kernel, native
 
 
@@ -181,6 +203,7 @@ def test_layer_norm_kernel_equals_the_native_layer_norm_forward_and_backward(sha
 
 @needs_kernels
 def test_layer_norm_keeps_its_parameter_names_and_stays_float32_at_O2():
+    assert use_cpu_kernels(True)
     model = dvt_ms.create_model("dvt_deit_small", **DEMO)
     names = {p.name for p in model.get_parameters()}
     assert "stages.0.blocks.0.norm1.gamma" in names and "stages.0.norm.beta" in names
@@ -191,8 +214,50 @@ def test_layer_norm_keeps_its_parameter_names_and_stays_float32_at_O2():
     assert all(np.isfinite(exit_logits.asnumpy()).all() for exit_logits in logits)
 
 
+def _no_compiling_or_probing(monkeypatch, tmp_path):
+    """Make a compiler run or a read of the processor's identity fail the test; the cache in tmp_path."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"building a model ran or read something: {args[:1]}")
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(cpu_kernels, "_processor_identity", refuse)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DVT_CPU_KERNELS_CACHE", str(cache))
+    return cache
+
+
+def test_building_a_model_compiles_reads_and_writes_nothing_and_uses_the_default_ops(monkeypatch, tmp_path):
+    cache = _no_compiling_or_probing(monkeypatch, tmp_path)
+    model = dvt_ms.create_model("dvt_t2t_vit_12", **DEMO)
+    assert not cache.exists()
+    layers = [cell for _, cell in model.cells_and_names() if isinstance(cell, (GELU, LayerNorm))]
+    assert layers and not any(layer.use_cpu_kernel for layer in layers)
+    assert not any(layer.use_fused for layer in layers if isinstance(layer, GELU))
+
+
+@needs_kernels
+def test_cpu_kernels_switched_on_are_built_at_the_switch_and_used_by_layers_built_after_it(monkeypatch, tmp_path):
+    before = GELU()
+    assert use_cpu_kernels(True)
+    _no_compiling_or_probing(monkeypatch, tmp_path)           # the build happened at the switch
+    after_gelu, after_norm = GELU(), LayerNorm(8, 1e-6)
+    assert after_gelu.use_cpu_kernel and after_norm.use_cpu_kernel and not before.use_cpu_kernel
+    use_cpu_kernels(False)
+    assert not GELU().use_cpu_kernel
+
+
+@needs_kernels
+def test_device_kernels_are_the_cpu_kernels_on_cpu_and_the_fused_gelu_on_ascend_only():
+    use_device_kernels("CPU")
+    assert GELU().use_cpu_kernel and not GELU().use_fused and LayerNorm(8, 1e-6).use_cpu_kernel
+    use_device_kernels("Ascend")
+    assert GELU().use_fused and not GELU().use_cpu_kernel and not LayerNorm(8, 1e-6).use_cpu_kernel
+    use_device_kernels("GPU")
+    assert not GELU().use_fused and not GELU().use_cpu_kernel
+
+
 def test_kernels_switch_off_with_the_environment_variable(monkeypatch):
     monkeypatch.setenv("DVT_CPU_KERNELS", "0")
+    assert not use_cpu_kernels(True)
     assert cpu_kernels.gelu_op() is None and cpu_kernels.layer_norm_op() is None
     assert not GELU().use_cpu_kernel and not LayerNorm(8, 1e-6).use_cpu_kernel
 
@@ -203,10 +268,22 @@ def test_model_without_a_compiler_warns_once_and_still_matches_golden(golden_dir
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("DVT_CPU_KERNELS_CACHE", str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        assert not use_cpu_kernels(True)
         model, _ = converted_golden_model(golden_dir, family, tmp_path / "converted")
     warnings = [r for r in caplog.records if r.name == cpu_kernels.__name__]
     assert len(warnings) == 1 and "native ops" in warnings[0].getMessage()
     assert not any(getattr(cell, "use_cpu_kernel", False) for _, cell in model.cells_and_names())
+    golden = np.load(golden_dir / f"{family}.npz")
+    for exit_index, logits in enumerate(model(ms.Tensor(golden["images"]))):
+        np.testing.assert_allclose(logits.asnumpy(), golden[f"logits_exit{exit_index}"], rtol=0, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("family", sorted(GOLDEN_MODELS))
+def test_model_built_with_the_cpu_kernels_matches_golden(golden_dir, converted_dir, family):
+    assert use_cpu_kernels(True)
+    model, _ = converted_golden_model(golden_dir, family, converted_dir)
+    assert any(getattr(cell, "use_cpu_kernel", False) for _, cell in model.cells_and_names())
     golden = np.load(golden_dir / f"{family}.npz")
     for exit_index, logits in enumerate(model(ms.Tensor(golden["images"]))):
         np.testing.assert_allclose(logits.asnumpy(), golden[f"logits_exit{exit_index}"], rtol=0, atol=1e-4)
@@ -222,7 +299,11 @@ def _op_types(path):
 
 @needs_kernels
 def test_exported_graphs_use_only_native_ops_and_match_the_model(tmp_path):
+    """A model built with every device kernel switched on (CPU kernels, fused GELU) exports graphs of
+    MindSpore's portable operators only."""
     ms.set_seed(0)
+    assert use_cpu_kernels(True)
+    use_fused_gelu(True)
     model = dvt_ms.create_model("dvt_deit_small", **DEMO)
     model.set_train(False)
     assert any(getattr(cell, "use_cpu_kernel", False) for _, cell in model.cells_and_names())
@@ -235,7 +316,7 @@ def test_exported_graphs_use_only_native_ops_and_match_the_model(tmp_path):
     for exit_index, info in enumerate(manifest["exits"]):
         op_types = _op_types(tmp_path / info["file"])
         assert "MatMul" in op_types or "BatchMatMul" in op_types
-        assert not any("Custom" in op for op in op_types), sorted(op_types)
+        assert not any("Custom" in op or "GeluExt" in op for op in op_types), sorted(op_types)
         outputs = nn.GraphCell(ms.load(str(tmp_path / info["file"])))(images, *reused)
         np.testing.assert_allclose(outputs[0].asnumpy(), with_kernels[exit_index], rtol=0, atol=1e-4)
         reused = tuple(outputs[1:])

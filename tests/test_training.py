@@ -25,7 +25,7 @@ from dvt_ms.config import load_config, model_overrides
 from dvt_ms.data import epoch_indices, make_loader, open_dataset
 from dvt_ms.errors import CheckpointError, ConfigError, DataError, DiskFullError
 from dvt_ms.train.memory import check_training_memory, estimate_training_memory
-from dvt_ms.train.runtime import Runtime, setup_runtime
+from dvt_ms.train.runtime import Runtime
 from dvt_ms.train.trainer import NonFiniteLossError, Trainer
 from helpers import REPO, as_overrides, free_port, losses_by_step, read_log, run_script
 
@@ -255,7 +255,8 @@ def test_pretrained_weights_with_fresh_heads_for_a_new_class_count(tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path):
-    config = tiny_config(image_folder, tmp_path, lr=1e38, min_lr=0.0, save_every_steps=1, epochs=2)
+    config = tiny_config(image_folder, tmp_path, lr=1e38, min_lr=0.0, save_every_steps=1, epochs=2,
+                         max_skipped_steps=1)
     trainer = Trainer(config)
     with pytest.raises(NonFiniteLossError) as raised:
         trainer.fit()
@@ -311,7 +312,7 @@ def test_non_finite_loss_found_at_the_next_log_or_save_and_never_checkpointed(im
     """Losses read every 4 steps, checkpoints every 2: the run still names the first non-finite step
     (as a run reading every step does), stops by the next log line or save, and writes no
     checkpoint at or after it."""
-    diverging = dict(lr=1e38, min_lr=0.0, epochs=3)
+    diverging = dict(lr=1e38, min_lr=0.0, epochs=3, max_skipped_steps=1)
     with pytest.raises(NonFiniteLossError) as every_step:
         Trainer(tiny_config(image_folder, tmp_path / "every-step", **diverging)).fit()
     trainer = Trainer(tiny_config(image_folder, tmp_path / "cadence", log_every_steps=4, save_every_steps=2,
@@ -325,6 +326,25 @@ def test_non_finite_loss_found_at_the_next_log_or_save_and_never_checkpointed(im
     assert all(step < first_bad for step in saved)
     if saved:
         assert f"Last good checkpoint: {tmp_path / 'cadence' / f'step_{saved[-1]:08d}.ckpt'}" in str(cadence.value)
+    assert all(np.isfinite(param.asnumpy()).all() for param in trainer.model.trainable_params())
+
+
+@pytest.mark.slow
+def test_a_non_finite_batch_is_skipped_and_counted_and_the_run_goes_on(image_folder, tmp_path, monkeypatch):
+    """One NaN batch per epoch (its second): skipped and logged, never two in a row, so a run that
+    tolerates two skips in a row trains to the end with finite weights."""
+    import dvt_ms.train.trainer as trainer_module
+    real_batches = trainer_module.checked_batches
+
+    def second_batch_poisoned(loader, tracker, skip_batches=0):
+        for index, (images, labels, fresh) in enumerate(real_batches(loader, tracker, skip_batches)):
+            yield (images * float("nan") if index == 1 else images), labels, fresh
+
+    monkeypatch.setattr(trainer_module, "checked_batches", second_batch_poisoned)
+    trainer = Trainer(tiny_config(image_folder, tmp_path, epochs=2, max_skipped_steps=2))
+    summary = trainer.fit()
+    assert summary["global_step"] == 8
+    assert [record["skipped_steps"] for record in read_log(tmp_path, "train")] == [0, 1, 0, 0] * 2
     assert all(np.isfinite(param.asnumpy()).all() for param in trainer.model.trainable_params())
 
 
@@ -422,9 +442,3 @@ def test_a_stop_signal_saves_the_last_step_and_says_how_to_resume(image_folder, 
     steps = [record["global_step"] for record in read_log(tmp_path, "train")]
     assert steps == list(range(1, stopped_at + 3))
 
-
-def test_data_sink_is_switched_off_with_a_warning_on_cpu(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="dvt_ms.train.runtime"):
-        runtime = setup_runtime(tiny_config(tmp_path, tmp_path / "out", data_sink=True))
-    assert runtime.device_target == "CPU" and not runtime.data_sink
-    assert "data_sink" in caplog.text and "Ascend and GPU only" in caplog.text

@@ -96,10 +96,11 @@ def _run(args):
     from ..checkpoint import load_model_weights
     from ..contract.digest import model_digest
     from ..data import ImageCheck, open_dataset
-    from ..device import use_device
+    from ..device import set_float32_precision, use_device
     from ..errors import ConfigError, DataError
     from ..fileio import prepare_staged_directory
     from ..models import DVT
+    from ..models.layers import use_device_kernels
     from ..models.flops import model_flops
     from ..runrecord import config_for_checkpoint
     from . import search
@@ -119,7 +120,9 @@ def _run(args):
     cache = os.path.join(run_dir, "image_check") if os.path.isdir(run_dir) else None
     val_data = open_dataset(config, config.val_split, calib_data.class_names or class_names,
                             ImageCheck(cache, check=config.verify_images), reference=reference)
-    use_device(config.device_target)
+    device = use_device(config.device_target).device
+    set_float32_precision(device, config.fast_float32)
+    use_device_kernels(device)
     model = DVT(config.arch)
     for data in (calib_data, val_data):
         if data.num_classes != model.config.num_classes:

@@ -108,17 +108,21 @@ class ImageCheck:
 
     ``cache_dir``: where results are kept (None: nothing kept). ``writer``: this process lists and
     checks (rank 0, or a single process); the others wait for the writer's file with ``token``
-    (shared by all ranks for this start) and read it. ``check``: False only lists (no decoding).
+    (shared by all ranks for this start) and read it, for at most ``wait_seconds`` (then a
+    ``DataError``: the writer's file never appeared, as when ``cache_dir`` is not shared between
+    nodes). ``check``: False only lists (no decoding).
     """
 
-    def __init__(self, cache_dir=None, writer=True, token=None, check=True, num_threads=None):
-        if not writer and (cache_dir is None or token is None):
-            raise ValueError("a reader needs the writer's cache_dir and token")
+    def __init__(self, cache_dir=None, writer=True, token=None, check=True, num_threads=None,
+                 wait_seconds=None):
+        if not writer and (cache_dir is None or token is None or wait_seconds is None):
+            raise ValueError("a reader needs the writer's cache_dir and token, and a time limit")
         self.cache_dir = cache_dir
         self.writer = writer
         self.token = token
         self.check = check
         self.num_threads = num_threads or _default_threads()
+        self.wait_seconds = wait_seconds
 
     def _cache_path(self, root):
         root = os.path.abspath(root)
@@ -202,9 +206,15 @@ class ImageCheck:
             ready = self._read_json(path + ".ready")
             if ready is not None and ready.get("token") == self.token:
                 break
-            if time.monotonic() - started > logged + _WAIT_LOG_SECONDS:
+            waited = time.monotonic() - started
+            if waited > self.wait_seconds:
+                raise DataError(
+                    f"waited {waited:.0f} s for rank 0's image check of {root}: {path}.ready never appeared "
+                    f"(output_dir must be on a filesystem every node shares; if rank 0 is still checking a slow "
+                    f"filesystem, raise image_check_wait_minutes)")
+            if waited > logged + _WAIT_LOG_SECONDS:
                 logged = time.monotonic() - started
-                _logger.warning("waiting %.0f s for rank 0's image check of %s in %s (output_dir must be on a "
+                _logger.warning("waited %.0f s for rank 0's image check of %s in %s (output_dir must be on a "
                                 "filesystem every node shares)", logged, root, path)
             time.sleep(0.2)
         if ready.get("error"):

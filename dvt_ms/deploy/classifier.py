@@ -46,6 +46,14 @@ def select_exit_thresholds(model_dir, manifest, thresholds=None, budget=None, ac
     ``accuracy`` (%), both matched on the calibration figures."""
     if budget is not None and accuracy is not None:
         raise InferenceError("give a budget or a target accuracy, not both")
+    document, source = thresholds_of(model_dir, manifest, thresholds, accept_thresholds_mismatch)
+    exit_thresholds, row = choose_thresholds(document, source, budget, accuracy)
+    return exit_thresholds, row, source
+
+
+def thresholds_of(model_dir, manifest, thresholds=None, accept_thresholds_mismatch=False):
+    """``(thresholds document, source)`` of an exported model: the thresholds file's (checked
+    against the manifest and the weights' digest) or the manifest's."""
     model_source = os.path.join(model_dir, MANIFEST_NAME)
     if thresholds is not None:
         document = load_thresholds(thresholds, manifest, model_source, accept_thresholds_mismatch)
@@ -54,8 +62,7 @@ def select_exit_thresholds(model_dir, manifest, thresholds=None, budget=None, ac
         document, source = manifest.get("thresholds"), model_source
     if document is None:
         raise InferenceError(f"{source} has no thresholds: pass a thresholds file (run_eval.sh's thresholds.yaml)")
-    exit_thresholds, row = choose_thresholds(document, source, budget, accuracy)
-    return exit_thresholds, row, source
+    return document, source
 
 
 class Classifier:
@@ -72,7 +79,7 @@ class Classifier:
         manifest = load_manifest(model_dir)
         self.exit_thresholds, self.selected_row, self.thresholds_source = select_exit_thresholds(
             model_dir, manifest, thresholds, budget, accuracy, accept_thresholds_mismatch)
-        self.device = use_device(device_target)
+        self.device = use_device(device_target).device
         self.engine = EarlyExitEngine(model_dir, manifest, max_batch=batch_size)
         self.preprocess = Preprocessor(manifest["preprocess"])
         self.class_names = manifest.get("class_names")

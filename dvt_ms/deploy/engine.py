@@ -21,7 +21,15 @@ from ..contract.exit_rule import accepts, softmax, top_classes
 from ..contract.manifest import load_manifest
 from ..errors import ManifestError
 
-__all__ = ["bucket_sizes", "EarlyExitEngine", "EarlyExitRun"]
+__all__ = ["bucket_sizes", "choose_batch_size", "EarlyExitEngine", "EarlyExitRun"]
+
+# A graph call has a fixed cost (dispatch, input and output copies: ~1 ms on a CPU whatever its size)
+# and so do the few tensor operations the engine runs between exits; a call that carries at least
+# this many GMACs of its stage keeps them a few percent of the work on a CPU and below that on a device.
+CALL_GMACS = 16.0
+LARGEST_BATCH = 1024
+# The reuse tensors an exit hands on, per call: they wait in front of the next exit.
+REUSE_BYTES_PER_CALL = 512 * 2 ** 20
 
 
 def bucket_sizes(max_batch):
@@ -31,6 +39,25 @@ def bucket_sizes(max_batch):
         sizes.append(size)
         size *= 2
     return sizes + [max_batch]
+
+
+def _power_of_two_at_least(value):
+    return 1 << max(0, int(np.ceil(np.log2(max(value, 1)))))
+
+
+def choose_batch_size(manifest, num_images=None):
+    """Images per exit call for ``num_images`` inputs (None: a stream of unknown length) of the
+    model ``manifest`` describes: a power of two large enough that a call of its cheapest exit
+    carries ``CALL_GMACS`` (small models need large batches, full presets 16-64), no larger than the
+    inputs need, and small enough that the reuse tensors of one call stay within ``REUSE_BYTES_PER_CALL``."""
+    exits = manifest["exits"]
+    wanted = _power_of_two_at_least(CALL_GMACS / max(min(info["stage_gflops"] for info in exits), 1e-9))
+    reuse_bytes = max(4 * sum(int(np.prod(item["shape"][1:])) for item in info["outputs"][1:]) for info in exits)
+    memory_cap = 1 << int(np.floor(np.log2(max(REUSE_BYTES_PER_CALL // max(reuse_bytes, 1), 1))))
+    batch = min(wanted, memory_cap, LARGEST_BATCH)
+    if num_images is not None:
+        batch = min(batch, _power_of_two_at_least(num_images))
+    return max(batch, 1)
 
 
 @contextlib.contextmanager
@@ -76,17 +103,19 @@ def _first_line(err):
 class EarlyExitEngine:
     """The exported exits of ``model_dir`` as GraphCells.
 
-    The exits run at the bucket sizes (``bucket_sizes(max_batch)``) only, smaller batches padded
+    ``max_batch`` None chooses it from the model's cost (``choose_batch_size``; pass
+    ``num_images`` when the number of inputs is known). The exits run at the bucket sizes (``bucket_sizes(max_batch)``) only, smaller batches padded
     up to one: each new input shape costs MindSpore a recompilation (~0.2 s on CPU, seconds for
     large models), so a handful of shapes, compiled once by ``warm_up``, beats a new shape at
     almost every call."""
 
-    def __init__(self, model_dir, manifest=None, max_batch=32):
+    def __init__(self, model_dir, manifest=None, max_batch=None, num_images=None):
         import mindspore as ms
-        if max_batch < 1:
+        if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._ms = ms
         self.manifest = manifest or load_manifest(model_dir)
+        max_batch = max_batch or choose_batch_size(self.manifest, num_images)
         self.files = [os.path.join(model_dir, info["file"]) for info in self.manifest["exits"]]
         self.exits = [_load_graph(path) for path in self.files]
         self.cumulative_gflops = [info["cumulative_gflops"] for info in self.manifest["exits"]]
@@ -142,9 +171,10 @@ class EarlyExitEngine:
             reused = tuple(outputs[1:])
         return np.stack(logits)
 
-    def run(self, exit_thresholds, batch_size=None, top_k=1):
-        """A new ``EarlyExitRun`` with these thresholds (one per exit; the last is ignored)."""
-        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch, top_k)
+    def run(self, exit_thresholds, batch_size=None, top_k=1, policy=None):
+        """A new ``EarlyExitRun`` with these thresholds (one per exit; the last is ignored), or
+        with a policy that sets them as it runs (``EarlyExitRun``)."""
+        return EarlyExitRun(self, exit_thresholds, batch_size or self.max_batch, top_k, policy)
 
     def classify(self, images, exit_thresholds):
         """(exit index, class, confidence) arrays over ``images`` (B, 3, S, S) float32, preprocessed
@@ -162,33 +192,58 @@ def _pad_rows(array, size):
 
 
 class _Queue:
-    """Images waiting in front of one exit: their positions, pixels (host) and reuse tensors (device)."""
+    """Images waiting in front of one exit: their positions and pixels (host), and the previous
+    exit's reuse outputs (device) with the rows of them that belong to these images. The rows are
+    gathered only when a call takes them, in one gather per reuse tensor that pads the batch too."""
 
     def __init__(self):
-        self.chunks = []
+        self.chunks = []        # (positions, images, reuse outputs of one call, their rows)
         self.size = 0
 
-    def add(self, positions, images, reused):
-        self.chunks.append((positions, images, reused))
+    def add(self, positions, images, reused, rows):
+        self.chunks.append((positions, images, reused, rows))
         self.size += len(positions)
 
-    def take(self, count, ops):
-        """The first ``count`` waiting images as (positions, images, reuse tensors)."""
+    def take(self, count):
+        """The first ``count`` waiting images as a list of chunks in order."""
         taken, size = [], 0
         while size < count:
-            positions, images, reused = self.chunks.pop(0)
+            positions, images, reused, rows = self.chunks.pop(0)
             need = count - size
             if len(positions) > need:   # split the chunk: the rest stays first in line
-                self.chunks.insert(0, (positions[need:], images[need:], tuple(t[need:] for t in reused)))
-                positions, images, reused = positions[:need], images[:need], tuple(t[:need] for t in reused)
-            taken.append((positions, images, reused))
+                rest = None if rows is None else rows[need:]
+                rows = None if rows is None else rows[:need]
+                self.chunks.insert(0, (positions[need:], images[need:], reused, rest))
+                positions, images = positions[:need], images[:need]
+            taken.append((positions, images, reused, rows))
             size += len(positions)
         self.size -= count
-        if len(taken) == 1:
-            return taken[0]
-        reused = tuple(ops.concat(parts, axis=0) for parts in zip(*(chunk[2] for chunk in taken)))
-        return (np.concatenate([chunk[0] for chunk in taken]), np.concatenate([chunk[1] for chunk in taken]),
-                reused)
+        return taken
+
+
+def _reuse_inputs(chunks, bucket, ms, ops):
+    """The reuse tensors of the images in ``chunks``, padded to ``bucket`` rows by repeating the last:
+    one gather per tensor (one concatenation more when the images come from several calls), and
+    none when they are every row of one call's outputs, in order."""
+    if not chunks[0][2]:
+        return ()
+    rows, offset, sources = [], 0, []
+    for _, _, reused, chunk_rows in chunks:
+        if not sources or reused is not sources[-1]:
+            if sources:
+                offset += len(sources[-1][0])
+            sources.append(reused)
+        rows.append(chunk_rows + offset)
+    rows = np.concatenate(rows)
+    rows = np.concatenate([rows, np.repeat(rows[-1:], bucket - len(rows))])
+    if len(sources) == 1:
+        if len(rows) == len(sources[0][0]) and (rows == np.arange(len(rows))).all():
+            return sources[0]
+        tensors = sources[0]
+    else:
+        tensors = tuple(ops.concat(parts, axis=0) for parts in zip(*sources))
+    index = ms.Tensor(rows.astype(np.int32))
+    return tuple(ops.gather(tensor, index, 0) for tensor in tensors)
 
 
 class EarlyExitRun:
@@ -198,9 +253,14 @@ class EarlyExitRun:
     ``finish()`` runs the rest; ``results()`` gives (exit index, class, confidence) per image in
     push order, and ``top_k()`` the ``top_k`` best classes and their scores at the answering exit.
     ``answered`` counts the images classified so far (all of them after a push when the batch
-    size is 1)."""
+    size is 1).
 
-    def __init__(self, engine, exit_thresholds, batch_size, top_k=1):
+    A ``policy`` (``controller.BudgetController``, ``deadline.DeadlinePolicy``) steers the run: it
+    gives the thresholds of every exit call (``thresholds_for_next_call()``), hears of every push
+    (``images_pushed(count)``) and of every exit call (``exit_ran(k, positions, confidences,
+    answered)``), and returns which of that call's images are answered."""
+
+    def __init__(self, engine, exit_thresholds, batch_size, top_k=1, policy=None):
         from mindspore import ops
         if len(exit_thresholds) != engine.num_exits:
             raise ValueError(f"{len(exit_thresholds)} thresholds for {engine.num_exits} exits")
@@ -210,6 +270,7 @@ class EarlyExitRun:
         self.batch_size = batch_size
         self.thresholds = np.asarray(exit_thresholds, np.float32)
         self.top_k_count = max(1, int(top_k))
+        self.policy = policy
         self.queues = [_Queue() for _ in range(engine.num_exits)]
         self.pushed = 0
         self.answered = 0
@@ -219,7 +280,9 @@ class EarlyExitRun:
     def push(self, images):
         images = np.asarray(images, np.float32)
         if len(images):
-            self.queues[0].add(np.arange(self.pushed, self.pushed + len(images)), images, ())
+            if self.policy is not None:
+                self.policy.images_pushed(len(images))
+            self.queues[0].add(np.arange(self.pushed, self.pushed + len(images)), images, (), None)
             self.pushed += len(images)
         self._drain(full_batches_only=True)
 
@@ -229,7 +292,7 @@ class EarlyExitRun:
     def _drain(self, full_batches_only):
         for k, queue in enumerate(self.queues):
             while queue.size >= self.batch_size or (queue.size and not full_batches_only):
-                self._run_exit(k, *queue.take(self._call_size(queue.size), self._ops))
+                self._run_exit(k, queue.take(self._call_size(queue.size)))
 
     def _call_size(self, waiting):
         """How many of the ``waiting`` images the next call takes: a full batch if there is one;
@@ -242,22 +305,25 @@ class EarlyExitRun:
             return waiting
         return max(b for b in self.engine.buckets if b <= waiting)
 
-    def _run_exit(self, k, positions, images, reused):
+    def _run_exit(self, k, chunks):
         ms, engine = self.engine._ms, self.engine
+        positions = np.concatenate([chunk[0] for chunk in chunks]) if len(chunks) > 1 else chunks[0][0]
+        images = np.concatenate([chunk[1] for chunk in chunks]) if len(chunks) > 1 else chunks[0][1]
         count = len(positions)
         bucket = engine.bucket(count)
-        if bucket > count:
-            pad = ms.Tensor(np.minimum(np.arange(bucket), count - 1).astype(np.int32))
-            reused = tuple(tensor[pad] for tensor in reused)
+        reused = _reuse_inputs(chunks, bucket, ms, self._ops)
         outputs = engine.call_exit(k, ms.Tensor(_pad_rows(images, bucket)), reused)
         probs = softmax(outputs[0].asnumpy()[:count])      # the padding rows are dropped
-        done = accepts(probs.max(axis=1), self.thresholds[k], is_last=k == engine.num_exits - 1)
+        confidence = probs.max(axis=1)
+        thresholds = self.thresholds if self.policy is None else self.policy.thresholds_for_next_call()
+        done = accepts(confidence, thresholds[k], is_last=k == engine.num_exits - 1)
+        if self.policy is not None:
+            done = self.policy.exit_ran(k, positions, confidence, done)
         self._answers.append((positions[done], k, *top_classes(probs[done], self.top_k_count)))
         self.answered += int(done.sum())
         if not done.all():
             rows = np.flatnonzero(~done)
-            keep = ms.Tensor(rows.astype(np.int32))
-            self.queues[k + 1].add(positions[rows], images[rows], tuple(tensor[keep] for tensor in outputs[1:]))
+            self.queues[k + 1].add(positions[rows], images[rows], tuple(outputs[1:]), rows)
 
     def results(self):
         """(exit index, class, confidence) arrays over the pushed images, in push order."""

@@ -21,6 +21,8 @@ from ..cli import interrupted_code, raise_if_stop_requested
 from ..errors import InferenceError
 from ..fileio import OutputFileKind, atomic_write_text
 from ..imagefolder import IMAGE_EXTENSIONS, class_folders, image_files
+from .controller import format_budget_summary
+from .deadline import format_deadline_summary
 from .preprocess import Preprocessor, UnreadableImageError
 
 __all__ = ["ANSWERS_SHOWN", "RESULTS_FILE", "SUMMARY_FILE", "collect_images", "labels_in_model_order",
@@ -104,17 +106,23 @@ def labels_in_model_order(labels, folder_names, model_class_names, source):
     return index[labels]
 
 
-def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare_all_exits=False, top_k=1):
+def run_inference(engine, paths, labels, exit_thresholds, batch_size=None, compare_all_exits=False, top_k=1,
+                  policy=None):
     """Classify ``paths`` with early exit. Returns (per-image records, summary dict).
+
+    A ``policy`` (``controller.BudgetController`` for ``--hold_budget``, ``deadline.DeadlinePolicy``
+    for ``--deadline_ms``) steers the thresholds or the stops as the run goes; its report is the
+    summary's ``policy``.
 
     ``labels`` (or None) are in the model's class order. Unreadable images are reported and
     skipped. Preprocessing and the model part are timed apart; with ``compare_all_exits`` the
     same batches are also run through every exit (no early exit) to measure the speedup of the
     model part (each image then runs twice). With ``batch_size`` 1 (streaming) every image is
-    classified as it comes and the summary gives latency percentiles. ``top_k`` > 1 adds the best
-    classes at the answering exit to each record."""
+    classified as it comes and the summary gives latency percentiles; None runs the engine's own
+    (``max_batch``). ``top_k`` > 1 adds the best classes at the answering exit to each record."""
+    batch_size = batch_size or engine.max_batch
     preprocess = Preprocessor(engine.manifest["preprocess"])
-    run = engine.run(exit_thresholds, batch_size, top_k)
+    run = engine.run(exit_thresholds, batch_size, top_k, policy)
     kept_paths, kept_labels, skipped = [], [], []
     seconds = {"preprocess": 0.0, "early_exit": 0.0, "every_exit": 0.0}
     streaming = {"preprocess": [], "early_exit": [], "every_exit": []}     # per image, batch size 1
@@ -184,6 +192,13 @@ def run_inference(engine, paths, labels, exit_thresholds, batch_size=32, compare
         summary["interrupted"] = {"classified": len(records), "of": len(paths), "exit_code": interrupted_code(interrupted)}
     if batch_size == 1:
         summary["latency_ms"] = _latency(streaming, exits, engine.num_exits)
+    if policy is not None:
+        correct = None
+        if labels is not None:      # by position (an interrupted run answers only some)
+            correct = np.zeros(int(positions.max()) + 1, bool)
+            correct[positions] = [r["correct"] for r in records]
+        latencies = 1000.0 * np.asarray(streaming["early_exit"]) if batch_size == 1 else None
+        summary["policy"] = policy.summary(correct=correct, latencies_ms=latencies)
     return records, summary
 
 
@@ -192,8 +207,8 @@ def _class_name(names, index):
 
 
 def _percentiles(seconds):
-    p50, p95 = np.percentile(1000.0 * np.asarray(seconds), [50, 95])
-    return {"p50": float(p50), "p95": float(p95)}
+    p50, p95, p99 = np.percentile(1000.0 * np.asarray(seconds), [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
 def _latency(streaming, exits, num_exits):
@@ -293,6 +308,9 @@ def format_summary(summary, num_exits):
         if "every_exit" in latency:
             lines.append(f"  every exit, no early exit: p50 {latency['every_exit']['p50']:.2f} ms, "
                          f"p95 {latency['every_exit']['p95']:.2f} ms")
+    policy = summary.get("policy")
+    if policy:
+        lines += (format_budget_summary if policy["mode"] == "hold_budget" else format_deadline_summary)(policy)
     return "\n".join(lines)
 
 

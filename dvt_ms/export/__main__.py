@@ -44,7 +44,7 @@ def _run(args):
     from ..checkpoint import load_model_weights
     from ..contract.preprocessing import preprocess_record, preset_preprocessing
     from ..contract.thresholds import check_thresholds, read_thresholds
-    from ..device import use_device
+    from ..device import set_float32_precision, use_device
     from ..fileio import prepare_staged_directory
     from ..models import DVT
     from ..runrecord import config_for_checkpoint
@@ -57,7 +57,7 @@ def _run(args):
     if args.thresholds:
         thresholds = read_thresholds(args.thresholds)
         check_thresholds(thresholds, config.model, config.arch.num_exits, args.thresholds)
-    use_device(config.device_target)
+    set_float32_precision(use_device(config.device_target).device, config.fast_float32)
     model = DVT(config.arch)
     load_model_weights(model, args.ckpt, use_ema=not args.no_ema)
     defaults = preset_preprocessing(config.model)

@@ -21,6 +21,7 @@ from ..contract.thresholds import check_thresholds
 from ..fileio import OutputFolderKind, staged_directory
 from ..models.cpu_kernels import use_native_ops
 from ..models.flops import model_flops
+from ..models.tokenizers import use_portable_soft_split
 from .graphs import ExitGraph
 
 __all__ = ["EXPORT_FOLDER", "export_model"]
@@ -48,7 +49,8 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     these weights (its digest is the model's).
     ``precision``: one of the contract's ``PRECISIONS``; other than float32 it converts ``model`` in place.
     ``model`` is switched to MindSpore's native ops in place (no compiled CPU kernels, which the
-    deployment machine would not have), so the Cells and the exported graphs compute the same.
+    deployment machine would not have) and to the sliced T2T soft split (no Im2Col), so the Cells
+    and the exported graphs compute the same.
     The directory appears complete or not at all: everything is written to a temporary sibling
     that is renamed into place at the end."""
     if precision not in PRECISIONS:
@@ -71,6 +73,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
         if precision in _LOW_PRECISION_DTYPES:
             ms.amp.auto_mixed_precision(model, "O2", _LOW_PRECISION_DTYPES[precision])   # converts the stages in place
         use_native_ops(model)
+        use_portable_soft_split(model)   # no Im2Col: AI CPU only on Ascend, maybe absent in Lite
         model.set_train(False)
         for k, info in enumerate(exits):
             inputs = [_placeholder(item["shape"]) for item in info["inputs"]]

@@ -19,8 +19,9 @@ class DVT(nn.Cell):
         self.stages = nn.CellList([DVTStage(config, geometry) for geometry in config.exits])
 
     def no_weight_decay(self):
-        """Parameter names mindcv's optimizer factory exempts from weight decay besides norms and
-        biases: class tokens and position embeddings, as in the published DeiT / T2T-ViT recipes."""
+        """Parameter names mindcv's ``norm_and_bias`` filter exempts from weight decay besides norms
+        and biases: class tokens and position embeddings, as DeiT's and T2T-ViT's own recipes do. The
+        DVT authors' runs decay them (``weight_decay_filter: ndim1_and_bias``, ``train/optim.py``)."""
         return [param.name for param in self.trainable_params()
                 if param.name.endswith(("cls_token", "pos_embed"))]
 

@@ -1,12 +1,51 @@
-"""Transformer building blocks of a DVT stage: MLP, attention that exposes its relation, block."""
+"""Transformer building blocks of a DVT stage: MLP, attention that exposes its relation, block.
+
+How GELU and LayerNorm compute is a module-level switch read when a layer is built, as timm's
+``set_fused_attn``: MindSpore's default ops unless the runtime set-up of a command chose the
+device's faster kernels (``use_device_kernels``; or ``use_cpu_kernels`` / ``use_fused_gelu`` one
+by one). Building a layer compiles, reads and writes nothing.
+"""
+import logging
+
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import mint, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 from mindcv.models.layers.drop_path import DropPath
 
 from . import cpu_kernels
 
-__all__ = ["dense", "GELU", "LayerNorm", "layer_norm", "drop_path", "Mlp", "Attention", "Block"]
+__all__ = ["use_cpu_kernels", "use_fused_gelu", "use_device_kernels", "dense", "GELU", "LayerNorm", "layer_norm",
+           "drop_path", "Mlp", "Attention", "Block"]
+
+LOGGER = logging.getLogger(__name__)
+_FUSED_GELU = {"on": False}
+
+
+def use_cpu_kernels(on=True):
+    """Float32 GELU and LayerNorm of the layers built after this call run the compiled CPU kernels
+    (``cpu_kernels``; built now if not in the cache) or, with ``on=False`` (the default state),
+    MindSpore's native ops. Returns whether the kernels are on (False, warned, when they cannot be
+    built)."""
+    return cpu_kernels.enable(on)
+
+
+def use_fused_gelu(on=True):
+    """GELU of the layers built after this call runs ``mint.nn.functional.gelu`` (one fused kernel
+    on Ascend; MindSpore 2.10's CPU backend has no graph-mode kernel for it) or, with ``on=False``
+    (the default state), ``ops.gelu``'s six elementwise kernels. The compiled CPU kernels, where
+    on, take float32 first."""
+    _FUSED_GELU["on"] = bool(on)
+
+
+def use_device_kernels(device_target):
+    """The faster exact kernels of ``device_target`` for the layers built from now on: the compiled
+    CPU kernels on CPU, the fused GELU on Ascend, MindSpore's default ops on GPU. Called by the
+    runtime set-up of training, calibration and the benchmarks; library use and export keep the
+    default ops."""
+    cpu = use_cpu_kernels(device_target == "CPU")
+    use_fused_gelu(device_target == "Ascend")
+    LOGGER.info("GELU/LayerNorm kernels: %s", "compiled CPU kernels" if cpu else
+                "fused GELU (mint)" if device_target == "Ascend" else "MindSpore's default ops")
 
 
 def dense(in_features, out_features, has_bias=True):
@@ -17,23 +56,27 @@ def dense(in_features, out_features, has_bias=True):
 
 
 class GELU(nn.GELU):
-    """Exact (erf) GELU; on the CPU, float32 goes through the fused kernel when it is available
-    (``cpu_kernels``). A subclass of ``nn.GELU`` so that mixed-precision lists treat it as one."""
+    """Exact (erf) GELU: float32 through the compiled CPU kernel where ``use_cpu_kernels`` was on
+    when it was built, else the fused mint GELU where ``use_fused_gelu`` was, else ``ops.gelu``.
+    A subclass of ``nn.GELU`` so that mixed-precision lists treat it as one."""
 
     def __init__(self):
         super().__init__(approximate=False)
         self.cpu_kernel = cpu_kernels.gelu_op()
         self.use_cpu_kernel = self.cpu_kernel is not None
+        self.use_fused = _FUSED_GELU["on"]
 
     def construct(self, x):
         if self.use_cpu_kernel and x.dtype == ms.float32:
             return self.cpu_kernel(x)
+        if self.use_fused:
+            return mint.nn.functional.gelu(x)
         return ops.gelu(x, approximate="none")
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm over the last axis; on the CPU, float32 goes through the fused kernel when it is
-    available (``cpu_kernels``). A subclass of ``nn.LayerNorm``: the same ``gamma``/``beta``
+    """LayerNorm over the last axis; float32 through the compiled CPU kernel where
+    ``use_cpu_kernels`` was on when it was built. A subclass of ``nn.LayerNorm``: the same ``gamma``/``beta``
     parameters (checkpoints unchanged), and mixed precision keeps it in float32 as it keeps
     ``nn.LayerNorm`` (amp's black list)."""
 
@@ -90,6 +133,7 @@ class Attention(nn.Cell):
         self.qkv = dense(dim, dim * 3, has_bias=qkv_bias)
         self.proj = dense(dim, dim)
         self.proj_drop = nn.Dropout(p=drop)
+        self.query_key = ops.BatchMatMul(transpose_b=True)
 
     def construct(self, x, relation_bias=None):
         _, tokens, dim = x.shape
@@ -99,7 +143,7 @@ class Attention(nn.Cell):
         query = ops.cast(self._heads(query, tokens), ms.float32)
         key = ops.cast(self._heads(key, tokens), ms.float32)
         value = self._heads(value, tokens)
-        relation = ops.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale
+        relation = self.query_key(query, key) * self.scale      # q·kᵀ without transposing k first
         if relation_bias is not None:
             relation = relation + ops.cast(relation_bias, ms.float32)
         weights = ops.cast(ops.softmax(relation, axis=-1), value.dtype)

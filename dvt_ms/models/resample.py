@@ -6,9 +6,8 @@ so the whole map is one (g x g_prev) matrix M applied on each side. Applying M d
 and never materialises the upsampled grid.
 """
 import numpy as np
-from mindspore import Tensor, nn, ops
 
-__all__ = ["upsample_size", "resample_matrix", "grid_resample_matrix", "with_class_token", "GridResample"]
+__all__ = ["upsample_size", "resample_matrix", "grid_resample_matrix", "with_class_token"]
 
 
 def upsample_size(src, dst):
@@ -34,29 +33,11 @@ def grid_resample_matrix(src, dst):
     return np.kron(matrix, matrix).astype(np.float32)
 
 
-def with_class_token(grid_matrix):
-    """diag(1, G): the grid map G on tokens laid out as [class token, grid tokens...], the class
-    token passed through unchanged."""
+def with_class_token(grid_matrix, class_token=1.0):
+    """diag(class_token, G): the grid map G on tokens laid out as [class token, grid tokens...], the
+    class token passed through unchanged (1) or replaced by zeros (0)."""
     rows, cols = grid_matrix.shape
     full = np.zeros((1 + rows, 1 + cols), dtype=np.float32)
-    full[0, 0] = 1.0
+    full[0, 0] = class_token
     full[1:, 1:] = grid_matrix
     return full
-
-
-class GridResample(nn.Cell):
-    """Resample flattened row-major token grids from ``src`` x ``src`` to ``dst`` x ``dst``.
-
-    One product with the Kronecker matrix M ⊗ M (``grid_resample_matrix``) per call: the token
-    grids are at most 14x14, and one larger matmul runs faster on every device than two small
-    batched ones with reshapes between them."""
-
-    def __init__(self, src, dst):
-        super().__init__()
-        self.src, self.dst = src, dst
-        matrix = grid_resample_matrix(src, dst)
-        self.matrix = Tensor(matrix)
-
-    def tokens_then_channels(self, x):
-        """(..., src², C) -> (..., dst², C): the token axis is second to last."""
-        return ops.matmul(ops.cast(self.matrix, x.dtype), x)

@@ -4,7 +4,7 @@ from mindspore import Tensor, nn, ops
 
 from .layers import GELU, Mlp, layer_norm
 from .presets import FEATURE_REUSE_DIM, FEATURE_REUSE_HIDDEN
-from .resample import GridResample, grid_resample_matrix, with_class_token
+from .resample import grid_resample_matrix, with_class_token
 
 __all__ = ["FeatureReuse", "RelationReuse"]
 
@@ -19,12 +19,13 @@ class FeatureReuse(nn.Cell):
         self.out_dim = FEATURE_REUSE_DIM
         self.norm = layer_norm(dim, eps)
         self.mlp = Mlp(dim, FEATURE_REUSE_HIDDEN, FEATURE_REUSE_DIM, drop)
-        self.resample = GridResample(src_grid, dst_grid)
+        # diag(0, M ⊗ M): resampled patch tokens and a zero class token in one product, instead of
+        # slicing, resampling, zeros and a concatenation (4 kernels fewer per block)
+        self.token_map = Tensor(with_class_token(grid_resample_matrix(src_grid, dst_grid), class_token=0.0))
 
     def construct(self, prev_feature):
         compressed = self.mlp(self.norm(prev_feature))
-        patch_tokens = self.resample.tokens_then_channels(compressed[:, 1:])
-        return ops.concat((ops.zeros_like(compressed[:, :1]), patch_tokens), axis=1)
+        return ops.matmul(ops.cast(self.token_map, compressed.dtype), compressed)
 
 
 class RelationReuse(nn.Cell):
@@ -44,10 +45,21 @@ class RelationReuse(nn.Cell):
         self.matmul = ops.MatMul()
 
     def construct(self, prev_relations):
-        mixed = self.reduce(self.act(self.expand(prev_relations)))
+        mixed = self._conv1x1(self.reduce, self.act(self._conv1x1(self.expand, prev_relations)))
         _, channels, tokens, _ = mixed.shape
         out_tokens = self.token_map.shape[0]
         token_map = ops.cast(self.token_map, mixed.dtype)
         keys = self.matmul(mixed.reshape(-1, tokens), ops.cast(self.token_map_t, mixed.dtype))   # R Pᵀ
         both = ops.matmul(token_map, keys.reshape(-1, tokens, out_tokens))                      # P (R Pᵀ)
         return both.reshape(-1, channels, out_tokens, out_tokens)
+
+    @staticmethod
+    def _conv1x1(conv, x):
+        """``conv`` (1x1, with bias) as W·X per image over the flattened token pairs: the CPU's
+        matrix product instead of its convolution (docs/performance.md); the Conv2d holds the weight."""
+        _, channels, rows, cols = x.shape
+        out_channels = conv.weight.shape[0]
+        weight = ops.cast(conv.weight.reshape(out_channels, channels), x.dtype)
+        mixed = ops.matmul(weight, x.reshape(-1, channels, rows * cols))
+        mixed = mixed + ops.cast(conv.bias, x.dtype).reshape(out_channels, 1)
+        return mixed.reshape(-1, out_channels, rows, cols)

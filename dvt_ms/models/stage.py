@@ -56,12 +56,12 @@ class DVTStage(nn.Cell):
             reused_relations = self.relation_reuse(prev_relations)
         reused_feature = prev_feature if self.uses_feature_reuse else None
 
+        relation_biases = (None,) * len(self.blocks)
+        if reused_relations is not None:   # one Split, not a slice per block
+            relation_biases = ops.split(reused_relations, self.num_heads, axis=1)
         relations = ()
         for index, block in enumerate(self.blocks):
-            relation_bias = None
-            if reused_relations is not None:
-                relation_bias = reused_relations[:, index * self.num_heads:(index + 1) * self.num_heads]
-            x, relation = block(x, reused_feature, relation_bias)
+            x, relation = block(x, reused_feature, relation_biases[index])
             relations = relations + (relation,)
 
         logits = self.head(self.norm(x)[:, 0])

@@ -9,7 +9,8 @@ from mindspore.common.initializer import Orthogonal, TruncatedNormal, initialize
 
 from .layers import Mlp, dense, layer_norm
 
-__all__ = ["sinusoid_table", "TokenPerformer", "T2TTokenizer", "PatchTokenizer", "build_tokenizer"]
+__all__ = ["sinusoid_table", "TokenPerformer", "soft_split", "im2col_is_fastest", "use_portable_soft_split",
+           "T2TTokenizer", "PatchTokenizer", "build_tokenizer"]
 
 # The T2T modules keep PyTorch's LayerNorm default, whatever the backbone uses.
 T2T_LAYERNORM_EPS = 1e-5
@@ -81,14 +82,88 @@ class TokenPerformer(nn.Cell):
         return y + self.mlp_drop(self.mlp(self.norm2(y)))
 
 
-def _soft_split(x, split):
-    """torch.nn.Unfold on (B, C, H, W), returned as tokens (B, L, C·k·k), channel order (c, ki, kj)."""
-    kernel, stride, padding = split
+def _pad(x, before, after):
+    """Zeros around the last two axes of (B, C, H, W): ``before`` rows/columns on top/left, ``after``
+    on bottom/right; a negative ``after`` crops. Zeros by concatenation (ops.pad is slow on CPU);
+    zeros_like keeps the batch dynamic."""
+    if after < 0:
+        x = x[:, :, :after, :after]
+        after = 0
+    if before:
+        x = ops.concat((ops.zeros_like(x[:, :, :, :before]), x), axis=3)
+        x = ops.concat((ops.zeros_like(x[:, :, :before]), x), axis=2)
+    if after:
+        x = ops.concat((x, ops.zeros_like(x[:, :, :, :after])), axis=3)
+        x = ops.concat((x, ops.zeros_like(x[:, :, :after])), axis=2)
+    return x
+
+
+def _windows(blocks, axis, grid, count, last):
+    """Along a (block, offset-in-block) pair of axes of (B, C, blocks, s, blocks, s) -- the rows
+    (``axis`` 2) or the columns (4) -- window i is blocks i .. i+count-1, the last of them cut to its
+    first ``last`` offsets, concatenated along the offsets."""
+    stride = blocks.shape[axis + 1]
+    parts = []
+    for first in range(count):
+        stop, width = first + grid, stride if first < count - 1 else last
+        if axis == 2:
+            parts.append(blocks[:, :, first:stop, :width])
+        else:
+            parts.append(blocks[:, :, :, :, first:stop, :width])
+    return parts[0] if count == 1 else ops.concat(parts, axis=axis + 1)
+
+
+def _unfold_by_blocks(x, kernel, stride, padding, grid):
+    """torch.nn.Unfold on (B, C, H, W) by slicing and concatenation only, as tokens (B, L, C·k·k).
+
+    Cut the padded image into stride x stride blocks: window i spans blocks i .. i+n-1 (n =
+    ceil(k/s)), the last one up to row k-(n-1)·s. So all L windows at once are n slices of the
+    block grid, concatenated, per axis. Pure data movement, hence exact in any dtype, and every
+    backend has fast kernels for it (reshape, strided slice, concat, transpose)."""
+    count = -(-kernel // stride)
+    last = kernel - (count - 1) * stride
+    num_blocks = grid + count - 1
+    x = _pad(x, padding, num_blocks * stride - x.shape[2] - padding)
+    chans = x.shape[1]
+    blocks = x.reshape(-1, chans, num_blocks, stride, num_blocks, stride)
+    rows = _windows(blocks, 2, grid, count, last)       # (B, C, G, k, blocks, s)
+    windows = _windows(rows, 4, grid, count, last)      # (B, C, G, k, G, k)
+    return windows.transpose(0, 2, 4, 1, 3, 5).reshape(-1, grid * grid, chans * kernel * kernel)
+
+
+def _unfold_by_im2col(x, kernel, stride, padding):
+    """torch.nn.Unfold on (B, C, H, W) by MindSpore's Im2Col, as tokens (B, L, C·k·k)."""
     dtype = x.dtype
     if dtype == ms.bfloat16:
         x = ops.cast(x, ms.float32)   # Im2Col takes no bfloat16; the rearrangement is exact in float32
     tokens = ops.unfold(x, kernel_size=kernel, dilation=1, padding=padding, stride=stride)
     return ops.cast(tokens, dtype).transpose(0, 2, 1)
+
+
+def soft_split(x, split, grid, use_im2col):
+    """The T2T soft split, torch.nn.Unfold(k, s, p) on (B, C, H, W), as tokens (B, grid², C·k·k),
+    channel order (c, ki, kj). ``use_im2col`` picks the Im2Col primitive (the fastest on CPU);
+    otherwise slices and concatenations (``_unfold_by_blocks``): on Ascend Im2Col and its gradient
+    are AI CPU kernels only, and a MindIR may meet a runtime without them. Both give the same numbers."""
+    kernel, stride, padding = split
+    if use_im2col:
+        return _unfold_by_im2col(x, kernel, stride, padding)
+    return _unfold_by_blocks(x, kernel, stride, padding, grid)
+
+
+def im2col_is_fastest():
+    """Im2Col is a native kernel on CPU and faster there than the sliced form (benchmarks/soft_split.py);
+    Ascend runs it on the AI CPU only, so Ascend and GPU take the sliced form."""
+    return ms.get_context("device_target") == "CPU"
+
+
+def use_portable_soft_split(network):
+    """Switch every T2T tokenizer of ``network`` to the sliced soft split, in place. Export calls this:
+    an exported graph must run with fast kernels wherever it is deployed (no Im2Col)."""
+    for _, cell in network.cells_and_names():
+        if isinstance(cell, T2TTokenizer):
+            cell.use_im2col = False
+    return network
 
 
 class T2TTokenizer(nn.Cell):
@@ -105,14 +180,16 @@ class T2TTokenizer(nn.Cell):
         self.performer2 = TokenPerformer(token_dim * later_kernel * later_kernel, token_dim)
         self.project = dense(token_dim * later_kernel * later_kernel, embed_dim)
         self.token_dim = token_dim
+        self.use_im2col = im2col_is_fastest()   # chosen once, for the device the model is built on
 
     def _as_grid(self, tokens, grid):
         return tokens.transpose(0, 2, 1).reshape(-1, self.token_dim, grid, grid)
 
     def construct(self, images):
-        tokens = self.performer1(_soft_split(images, self.splits[0]))
-        tokens = self.performer2(_soft_split(self._as_grid(tokens, self.split_grids[0]), self.splits[1]))
-        return self.project(_soft_split(self._as_grid(tokens, self.split_grids[1]), self.splits[2]))
+        splits, grids, im2col = self.splits, self.split_grids, self.use_im2col
+        tokens = self.performer1(soft_split(images, splits[0], grids[0], im2col))
+        tokens = self.performer2(soft_split(self._as_grid(tokens, grids[0]), splits[1], grids[1], im2col))
+        return self.project(soft_split(self._as_grid(tokens, grids[1]), splits[2], grids[2], im2col))
 
 
 class PatchTokenizer(nn.Cell):

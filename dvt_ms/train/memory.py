@@ -13,17 +13,20 @@ reuse paths and tokenizers), times factors for the backward pass's own temporari
 measured peak memory of four configurations on CPU in graph mode (within about 10 %:
 ``python benchmarks/train_step.py --memory``), plus weights, gradients, optimizer state and the
 graph compiler's share. It is checked against the host's available memory on CPU; on Ascend/GPU
-it is only logged (device memory is not known before MindSpore allocates it).
+it is only logged (device memory is not known before MindSpore allocates it). A step estimated
+above ``DEVICE_SIZED_BYTES`` is one the configs size for an accelerator (the ImageNet and 224 px
+CIFAR configs: 23-73 GB); ``device_target: auto`` falling back to the CPU for it is refused.
 """
 import dataclasses
 import logging
 import os
 
+from ..device import auto_cpu_refusal
 from ..errors import ConfigError
 from ..fileio import format_bytes
 from ..models.presets import FEATURE_REUSE_DIM, FEATURE_REUSE_HIDDEN
 
-__all__ = ["MemoryEstimate", "estimate_training_memory", "available_memory", "check_training_memory"]
+__all__ = ["DEVICE_SIZED_BYTES", "MemoryEstimate", "estimate_training_memory", "available_memory", "check_training_memory"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ _COMPILER_BYTES = 0.5 * 2 ** 30   # what compiling the step graph takes, measure
 _BYTES_PER_PARAMETER = 20
 _REFUSE_ABOVE = 1.2   # of the available memory: clearly does not fit
 _WARN_ABOVE = 0.7
+# A step this large is meant for an accelerator: the demo and tiny CPU configs need under 1 GB, the
+# device configs 23 GB and more (a CPU would take weeks per epoch even where it fits).
+DEVICE_SIZED_BYTES = 8 * 2 ** 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +134,15 @@ def available_memory():
 
 
 def check_training_memory(config, batch_size, runtime, available=None):
-    """Refuse (``ConfigError``) a CPU run whose step clearly does not fit in memory; warn when close.
+    """Refuse (``ConfigError``) a CPU run whose step clearly does not fit in memory, or a device-sized
+    step that ``device_target: auto`` put on the CPU; warn when close.
 
     ``available`` defaults to the host's available memory shared by the ranks of this run."""
     estimate = estimate_training_memory(config, batch_size, runtime.amp_level)
+    if runtime.device_target == "CPU" and runtime.device_automatic and estimate.total > DEVICE_SIZED_BYTES:
+        raise ConfigError(auto_cpu_refusal(
+            f"a training step sized for a device (about {format_bytes(estimate.total)}, batch_size {batch_size}, "
+            f"token grids {list(config.grids)})"))
     if runtime.device_target != "CPU":
         _logger.info("estimated memory of a training step: %s per device", format_bytes(estimate.total))
         return estimate

@@ -78,7 +78,7 @@ class Progress:
         seconds_per_step = elapsed / max(self._window_steps, 1)
         images_per_s = self.images_per_step / seconds_per_step
         eta = format_duration((self.total_steps - state.global_step) * seconds_per_step)
-        skipped_text = f" | skipped {skipped} (non-finite gradients)" if skipped else ""
+        skipped_text = f" | skipped {skipped} (non-finite loss or gradients)" if skipped else ""
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{sum(losses):.4f}", lr=f"{lr:.2e}")
         if self.enabled:

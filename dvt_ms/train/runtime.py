@@ -12,9 +12,11 @@ import numpy as np
 from mindspore import nn, ops
 from mindspore.communication import get_group_size, get_rank, init
 
-from ..device import use_device
+from ..device import auto_cpu_refusal, set_float32_precision, use_device
+from ..errors import ConfigError
+from ..models.layers import use_device_kernels
 
-__all__ = ["Runtime", "setup_runtime", "sum_over_ranks", "gather_from_ranks"]
+__all__ = ["Runtime", "jit_level_for", "setup_runtime", "sum_over_ranks", "gather_from_ranks"]
 
 _logger = logging.getLogger(__name__)
 
@@ -27,7 +29,8 @@ class Runtime:
     amp_level: str          # O0 (fp32) .. O3
     amp_dtype: object       # ms.float16 or ms.bfloat16 (unused at O0)
     loss_scale_type: str    # none | fixed | dynamic
-    data_sink: bool = False  # batches through the device's data queue (Ascend/GPU only)
+    jit_level: str = "O0"   # the train step's compile level (jit_level_for)
+    device_automatic: bool = False  # device_target was auto (chosen here, not written in the config)
 
     @property
     def is_main(self):
@@ -44,11 +47,25 @@ def _launched_ranks():
     return int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")))
 
 
+def jit_level_for(device):
+    """O1 (MindSpore's operator fusion: the optimizer's, the loss scaling's and the exact GELU's
+    element-wise kernels merged) on Ascend; O0 elsewhere: on CPU O1 gains nothing (measured), on GPU
+    it is not measured yet."""
+    return "O1" if device == "Ascend" else "O0"
+
+
 def setup_runtime(config):
     """Set MindSpore's context for ``config`` and join the data-parallel group if launched as one."""
-    device = use_device(config.device_target)
+    launched = _launched_ranks()
+    choice = use_device(config.device_target)
+    device = choice.device
+    if choice.automatic and device == "CPU" and launched > 1:
+        # 8 msrun ranks training on the host CPU is never what the user meant.
+        raise ConfigError(auto_cpu_refusal(f"a data-parallel run of {launched} workers"))
+    set_float32_precision(device, config.fast_float32)
+    use_device_kernels(device)
     rank, world_size = 0, 1
-    if _launched_ranks() > 1:
+    if launched > 1:
         init()
         rank, world_size = get_rank(), get_group_size()
         ms.reset_auto_parallel_context()
@@ -64,14 +81,10 @@ def setup_runtime(config):
     if loss_scale_type == "auto":
         # float16 gradients underflow without scaling; bfloat16 has float32's range.
         loss_scale_type = "dynamic" if amp_level != "O0" and amp_dtype == ms.float16 else "none"
-    data_sink = config.data_sink
-    if data_sink and device == "CPU":
-        # mindspore.data_sink feeds a device queue that only Ascend and GPU have.
-        _logger.warning("data_sink: MindSpore sinks data to Ascend and GPU only; training on CPU without it")
-        data_sink = False
-    runtime = Runtime(device, rank, world_size, amp_level, amp_dtype, loss_scale_type, data_sink)
-    _logger.info("device %s, rank %d of %d, amp %s%s, loss scale %s%s", device, rank, world_size, amp_level,
-                 "" if amp_level == "O0" else f" ({amp_dtype})", loss_scale_type, ", data sink" if data_sink else "")
+    runtime = Runtime(device, rank, world_size, amp_level, amp_dtype, loss_scale_type, jit_level_for(device),
+                      device_automatic=choice.automatic)
+    _logger.info("device %s, rank %d of %d, amp %s%s, loss scale %s, jit_level %s", device, rank, world_size,
+                 amp_level, "" if amp_level == "O0" else f" ({amp_dtype})", loss_scale_type, runtime.jit_level)
     return runtime
 
 

@@ -1,16 +1,15 @@
 """The training run: build everything from a ``RunConfig``, train, validate, checkpoint, resume.
 
 Recipe (docs/training.md): loss = sum of the exits' cross-entropies (mindcv ``create_loss``, label
-smoothing / soft mixup targets), mindcv AdamW, warm-up + cosine schedule with cool-down (mindcv
-``create_scheduler``), optional EMA and gradient clipping, mixed precision per device. The step is
-one compiled graph (``TrainStep``); under msrun every rank trains on its shard and gradients are
-averaged across ranks.
+smoothing / soft mixup targets), the authors' AdamW and learning-rate curve (``optim``), optional
+EMA and gradient clipping, mixed precision per device. The step is one compiled graph
+(``TrainStep``); under msrun every rank trains on its shard and gradients are averaged across ranks.
 
 The loop reads nothing back after a step: losses, skipped updates and non-finite losses
-accumulate on the device and are read at the logging cadence and before every save (a non-finite
-loss freezes the weights on the device, so the run stops no later than the next log line or
-save, and no checkpoint is ever written after one). On Ascend/GPU, ``data_sink`` feeds the batches through
-the device's data queue. Before anything is built, the run folder (``run_folder``), the step's
+accumulate on the device and are read at the logging cadence and before every save. A step with a
+non-finite loss or gradients is skipped on the device (``TrainStep``); ``max_skipped_steps`` in a
+row freeze the weights there, so the run stops no later than the next log line or save, and no
+checkpoint is written after the streak began. Before anything is built, the run folder (``run_folder``), the step's
 memory (``memory``) and the output path are checked; SIGINT/SIGTERM stop gracefully with a
 checkpoint (``interrupts``); a full disk stops with the last checkpoint intact.
 """
@@ -22,8 +21,6 @@ import random
 import mindspore as ms
 import numpy as np
 from mindcv.loss import create_loss
-from mindcv.optim import create_optimizer
-from mindcv.scheduler import create_scheduler
 
 from ..checkpoint.weights import load_pretrained
 from ..data import (ImageCheck, SampleTracker, checked_batches, epoch_indices, epoch_loader, make_loader,
@@ -33,6 +30,7 @@ from ..models import DVT
 from .checkpoints import CheckpointManager, TrainingState, load_training_checkpoint
 from .interrupts import StopSignals, TrainingInterrupted
 from .memory import check_training_memory
+from .optim import create_optimizer, learning_rates
 from .progress import Progress
 from .run_folder import inspect_run_folder
 from .runtime import gather_from_ranks, setup_runtime, sum_over_ranks
@@ -45,7 +43,8 @@ _logger = logging.getLogger("dvt_ms.train")
 
 
 class NonFiniteLossError(DVTError):
-    """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
+    """``max_skipped_steps`` steps in a row had a NaN/inf loss or gradients; the run stops and keeps
+    its last good checkpoint."""
 
     exit_code = 1
 
@@ -57,15 +56,8 @@ def _image_check(config, runtime):
     token = None
     if runtime.distributed:  # one random number for this start, rank 0's, so no rank reads a stale result
         token = int(gather_from_ranks([random.SystemRandom().randrange(1, 1 << 24)])[0, 0])
-    return ImageCheck(os.path.join(config.output_dir, "image_check"), writer=runtime.is_main, token=token)
-
-
-def _learning_rates(config, steps_per_epoch):
-    """Per-step learning rates: linear warm-up from warmup_lr, cosine to min_lr, cool-down at min_lr."""
-    return create_scheduler(
-        steps_per_epoch, scheduler=config.scheduler, lr=config.lr, min_lr=config.min_lr,
-        warmup_epochs=config.warmup_epochs, warmup_factor=config.warmup_lr / config.lr if config.lr else 0.0,
-        decay_epochs=config.epochs - config.warmup_epochs, num_epochs=config.epochs + config.cooldown_epochs)
+    return ImageCheck(os.path.join(config.output_dir, "image_check"), writer=runtime.is_main, token=token,
+                      wait_seconds=60 * config.image_check_wait_minutes)
 
 
 class Trainer:
@@ -108,13 +100,13 @@ class Trainer:
         # Parameter objects and names, so checkpoints do not depend on the precision).
         self.network = ms.amp.auto_mixed_precision(self.model, runtime.amp_level, runtime.amp_dtype)
         self.num_epochs = config.epochs + config.cooldown_epochs
-        self.learning_rates = _learning_rates(config, self.steps_per_epoch)
+        self.learning_rates = learning_rates(config, self.steps_per_epoch)
         exit_losses = ExitLosses(self.network, create_loss("CE", label_smoothing=config.label_smoothing))
-        optimizer = create_optimizer(self.model, config.opt, lr=self.learning_rates,
-                                     weight_decay=config.weight_decay, weight_decay_filter=config.weight_decay_filter)
+        optimizer = create_optimizer(self.model, config, self.learning_rates, runtime.device_target)
         self.train_step = TrainStep(exit_losses, optimizer, runtime.loss_scale_type, config.loss_scale,
                                     config.clip_grad_norm, config.ema_decay if config.ema else None,
-                                    num_exits=self.arch.num_exits)
+                                    num_exits=self.arch.num_exits, max_skipped_steps=config.max_skipped_steps)
+        self.train_step.set_jit_config(ms.JitConfig(jit_level=runtime.jit_level))
         self.exit_hits = ExitHits(self.network, self.arch.num_exits, top_k=min(5, self.arch.num_classes))
 
         self.checkpoints = CheckpointManager(config.output_dir, config.keep_checkpoints)
@@ -178,8 +170,7 @@ class Trainer:
                                  config.log_every_steps, config.progress_bar, enabled=runtime.is_main)
         self.progress.record("start", run_id=self.run_id, resumed_from=self.resumed_from,
                              global_step=state.global_step, steps_per_epoch=self.steps_per_epoch,
-                             world_size=runtime.world_size, device=runtime.device_target, amp_level=runtime.amp_level,
-                             data_sink=runtime.data_sink)
+                             world_size=runtime.world_size, device=runtime.device_target, amp_level=runtime.amp_level)
         _logger.info("%s: %d images, %d classes, %d steps per epoch of %d x %d images, %d epochs",
                      self.train_data.name, self.train_data.num_samples, self.arch.num_classes,
                      self.steps_per_epoch, runtime.world_size, config.batch_size, self.num_epochs)
@@ -237,19 +228,31 @@ class Trainer:
             # msrun ends every worker as soon as one exits with an error: rank 0 may still be saving
             exit_code=0 if runtime.distributed else 128 + signum)
 
+    def _where(self, global_step):
+        epoch, step_in_epoch = divmod(global_step - 1, self.steps_per_epoch)
+        return f"epoch {epoch + 1}, step {step_in_epoch + 1} (global step {global_step})"
+
     def _check_finite(self, report=None):
-        """Stop with ``NonFiniteLossError`` if the device saw a non-finite loss since the last log line."""
+        """Stop with ``NonFiniteLossError`` once ``max_skipped_steps`` steps in a row were skipped."""
         if report is None:
             report = self.train_step.read_monitor(reset=False)
-        if not report.first_non_finite:
+        limit = self.config.max_skipped_steps
+        if report.consecutive_skipped < limit:
             return
-        bad_step = self._window_start + report.first_non_finite
-        epoch, step_in_epoch = divmod(bad_step - 1, self.steps_per_epoch)
+        # The device halts at the streak's last step; a window read without stopping cannot hide it.
+        halted = self._window_start + report.halted_at if report.halted_at else self.state.global_step
+        first_skipped = halted - limit + 1
         last_good = self.checkpoints.latest() or "none (no checkpoint was written yet)"
+        if report.first_non_finite:
+            first_bad = self._window_start + report.first_non_finite
+            losses = f"; exit losses {report.non_finite_losses} at {self._where(first_bad)}"
+        else:
+            losses = "; the losses were finite, the gradients were not"
         raise NonFiniteLossError(
-            f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1} (global step {bad_step}): exit losses "
-            f"{report.non_finite_losses}. Training stopped; the weights were not updated by this step or after "
-            f"it. Last good checkpoint: {last_good}. Try a lower lr or set clip_grad_norm.")
+            f"{limit} steps in a row skipped (non-finite loss or gradients), from {self._where(first_skipped)} to "
+            f"{self._where(halted)}{losses}. Training stopped; the weights were not updated by these steps or "
+            f"after them. Last good checkpoint: {last_good}. Try a lower lr or set clip_grad_norm "
+            f"(max_skipped_steps sets how many skips in a row are tolerated).")
 
     def _log(self):
         report = self.train_step.read_monitor(reset=True)
@@ -261,17 +264,9 @@ class Trainer:
     def _run_steps(self, loader, tracker, skip, num_steps):
         """Run the train step on at most ``num_steps`` batches of ``loader`` after its first ``skip``
         (replayed for an exact resume, see ``data.epoch_loader``); yields after each step is launched."""
-        if self.runtime.data_sink:
-            # The device's data queue takes images and labels only: replaced samples go unnamed here.
-            batches = loader.project(["image", "label"]).skip(skip)
-            sink_step = ms.data_sink(self.train_step, batches)   # batches through the device's data queue
-            for _ in range(num_steps):
-                sink_step()
-                yield
-        else:
-            for _, (images, labels, _) in zip(range(num_steps), checked_batches(loader, tracker, skip)):
-                self.train_step(images, labels)
-                yield
+        for _, (images, labels, _) in zip(range(num_steps), checked_batches(loader, tracker, skip)):
+            self.train_step(images, labels)
+            yield
 
     def _train_epoch(self):
         config, runtime, state = self.config, self.runtime, self.state

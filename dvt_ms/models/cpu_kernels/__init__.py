@@ -5,9 +5,12 @@ pass over the data (docs/performance.md). ``kernels.cc`` holds such passes; they
 the system C++ compiler on first use into a per-user cache keyed by the source's hash and called
 through ``ops.Custom(func_type="aot")``.
 
-They are used only where all of these hold, and the native op is used otherwise:
-  * the environment does not switch them off (``DVT_CPU_KERNELS=0``);
-  * MindSpore's device target is CPU when the layer is built (Ascend/GPU keep their native ops);
+Nothing happens by itself: importing this module or building a layer compiles, reads and writes
+nothing. The runtime set-up of a command that runs on the CPU (training, calibration, benchmarks)
+calls ``enable()`` (through ``dvt_ms.models.layers.use_cpu_kernels``), which builds the library
+then and there; only layers built after that use the kernels. They are used only where all of
+these hold, and the native op is used otherwise:
+  * ``enable()`` was called and the environment does not switch them off (``DVT_CPU_KERNELS=0``);
   * the library builds and loads (no compiler, a failed build, an AOT white list that excludes the
     cache: one warning, then the native ops, never an exception);
   * the tensor is float32 (float16/bfloat16 under mixed precision take the native op);
@@ -28,7 +31,7 @@ from mindspore import ops
 from ...errors import DiskFullError
 from ...fileio import atomic_write
 
-__all__ = ["kernels_requested", "library_path", "gelu_op", "layer_norm_op", "use_native_ops"]
+__all__ = ["enable", "enabled", "library_path", "gelu_op", "layer_norm_op", "use_native_ops"]
 
 LOGGER = logging.getLogger(__name__)
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cc")
@@ -40,13 +43,21 @@ _DISABLED_VALUES = ("0", "false", "off", "no")
 # (compiler, cache dir) -> path of the built library, or None when it could not be built. Keyed by
 # the settings so that changing them (tests, a user's retry) tries again; warned about once each.
 _BUILDS = {}
+# The library that layers built from now on call, or None (native ops): set by ``enable`` only.
+_ENABLED = {"path": None}
 
 
-def kernels_requested():
-    """True unless ``DVT_CPU_KERNELS`` switches the kernels off or the device is not the CPU."""
-    if os.environ.get("DVT_CPU_KERNELS", "1").strip().lower() in _DISABLED_VALUES:
-        return False
-    return ms.get_context("device_target") == "CPU"
+def enable(on=True):
+    """Layers built after this call use the kernels (``on``) or MindSpore's native ops. Switching
+    on builds the library now (or finds it in the cache); returns whether the kernels are on:
+    False when ``DVT_CPU_KERNELS`` switches them off or the build failed (warned once)."""
+    wanted = on and os.environ.get("DVT_CPU_KERNELS", "1").strip().lower() not in _DISABLED_VALUES
+    _ENABLED["path"] = library_path() if wanted else None
+    return _ENABLED["path"] is not None
+
+
+def enabled():
+    return _ENABLED["path"] is not None
 
 
 def _cache_dir():
@@ -101,10 +112,8 @@ def library_path():
 
 
 def _custom(name, out_shape, out_dtype, bprop=None):
-    """ops.Custom for kernel ``name`` of the library, or None (warned) if MindSpore refuses it."""
-    path = library_path()
-    if path is None:
-        return None
+    """ops.Custom for kernel ``name`` of the enabled library, or None (warned) if MindSpore refuses it."""
+    path = _ENABLED["path"]
     try:
         return ops.Custom(f"{path}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot", bprop=bprop)
     except (TypeError, ValueError, RuntimeError) as error:   # e.g. MS_CUSTOM_AOT_WHITE_LIST excludes the cache
@@ -115,8 +124,8 @@ def _custom(name, out_shape, out_dtype, bprop=None):
 
 
 def gelu_op():
-    """Exact GELU x·Φ(x) on float32 as a fused kernel with its fused gradient, or None."""
-    if not kernels_requested():
+    """Exact GELU x·Φ(x) on float32 as a fused kernel with its fused gradient, or None (not enabled)."""
+    if not enabled():
         return None
     gradient = _custom("GeluErfGrad", lambda x, dy: x, lambda x, dy: x)
     if gradient is None:
@@ -130,8 +139,8 @@ def gelu_op():
 
 def layer_norm_op():
     """LayerNorm over the last axis, ``op(x, gamma, beta, eps) -> (y, mean, rstd)`` on float32
-    (``eps`` a (1,) tensor), with its fused gradient; or None."""
-    if not kernels_requested():
+    (``eps`` a (1,) tensor), with its fused gradient; or None (not enabled)."""
+    if not enabled():
         return None
     float32 = ms.float32
     gradient = _custom("LayerNormBwd", lambda x, gamma, mean, rstd, dy: (x, gamma, gamma),
@@ -148,10 +157,14 @@ def layer_norm_op():
 
 
 def use_native_ops(network):
-    """Switch every layer of ``network`` that can use these kernels to the native op, in place.
+    """Switch every layer of ``network`` built with these kernels (or the fused GELU) to
+    MindSpore's default ops, in place.
 
-    Export calls this: a MindIR file must hold only MindSpore's own operators."""
+    Export calls this: a MindIR file must hold only MindSpore's own operators, runnable on any
+    backend."""
     for _, cell in network.cells_and_names():
         if hasattr(cell, "use_cpu_kernel"):
             cell.use_cpu_kernel = False
+        if hasattr(cell, "use_fused"):
+            cell.use_fused = False
     return network
