@@ -34,6 +34,7 @@ from dvt_ms.calibrate import search
 from dvt_ms.contract.exit_rule import softmax
 from dvt_ms.deploy.engine import EarlyExitEngine
 from dvt_ms.deploy.preprocess import Preprocessor
+from dvt_ms.device import use_device
 
 LOGGER = logging.getLogger("early_exit_engine")
 
@@ -103,7 +104,7 @@ def main():
                         help="images classified one at a time for the batch-1 latency (0: skip)")
     parser.add_argument("--image_size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"),
                         help="size of the JPEG files whose preprocessing is timed")
-    parser.add_argument("--device_target", default="CPU")
+    parser.add_argument("--device_target", default="CPU", help="CPU, GPU, Ascend or auto")
     parser.add_argument("--torch_python", help="a Python with torch (with --preset): the authors' cascade alongside")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config/--preset)")
     args = parser.parse_intermixed_args()
@@ -120,8 +121,7 @@ def main():
             LOGGER.warning("torch reference failed: %s", result.stderr.strip()[-300:])
         else:
             reference = json.loads(result.stdout.strip().splitlines()[-1])["ms_per_image"]
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(args.device_target)
+    use_device(args.device_target)
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.mindir

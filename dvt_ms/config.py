@@ -18,6 +18,7 @@ import typing
 
 import yaml
 
+from .contract.preprocessing import DEFAULT_PREPROCESSING, INTERPOLATIONS
 from .errors import ConfigError
 from .models.presets import MODEL_FIELDS, OVERRIDABLE_KEYS, build_config, list_presets
 from .schema import Field as Option, check_fields, format_default, raise_problems, suggest_key as _nearest
@@ -61,8 +62,8 @@ SCHEMA = (
     Option("batch_size", "int", 64, "images per device per step", "data", minimum=1),
     Option("num_workers", "int", 4, "data pipeline workers per device", "data", minimum=1),
 
-    Option("interpolation", "str", "bicubic", "resize interpolation (train and eval)", "augmentation",
-           choices=("bilinear", "bicubic", "nearest", "area")),
+    Option("interpolation", "str", DEFAULT_PREPROCESSING["interpolation"], "resize interpolation (train and eval)",
+           "augmentation", choices=INTERPOLATIONS),
     Option("scale", "pair", (0.08, 1.0), "RandomResizedCrop area range", "augmentation",
            minimum=0.0, maximum=1.0),
     Option("ratio", "pair", (0.75, 1.333), "RandomResizedCrop aspect-ratio range", "augmentation",
@@ -77,8 +78,8 @@ SCHEMA = (
            "augmentation", minimum=0.0, maximum=1.0),
     Option("label_smoothing", "float", 0.1, "label smoothing of every exit's cross-entropy",
            "augmentation", minimum=0.0, below=1.0),
-    Option("crop_pct", "float", 0.875, "eval: resize to round(img_size / crop_pct), then center-crop "
-           "img_size", "augmentation", minimum=0.05, maximum=1.0),
+    Option("crop_pct", "float", DEFAULT_PREPROCESSING["crop_pct"], "eval: resize to round(img_size / crop_pct), "
+           "then center-crop img_size", "augmentation", minimum=0.05, maximum=1.0),
 
     Option("opt", "str", "adamw", "mindcv optimizer", "optimisation",
            choices=("adamw", "adam", "sgd", "momentum", "nesterov", "lion", "nadam", "adan", "lamb")),

@@ -20,13 +20,15 @@ import typing
 
 from .errors import ConfigError
 
-__all__ = ["Field", "KINDS", "check_value", "check_fields", "suggest_key", "raise_problems", "format_default"]
+__all__ = ["Field", "KINDS", "check_value", "check_fields", "nest_problems", "suggest_key", "raise_problems",
+           "format_default"]
 
 # kind -> what the value must be (the words an error uses)
 KINDS = {
     "bool": "true or false",
     "int": "an integer",
     "float": "a number",
+    "number": "a number (written as one, not quoted)",
     "str": "a string",
     "ints": "a non-empty list of integers",
     "floats": "a non-empty list of numbers",
@@ -103,6 +105,9 @@ def _coerce(kind, value):
         number = _as_float(value)
         if number is not None:
             return number
+    elif kind == "number":   # a machine-written document's number: no YAML 1.1 string spellings
+        if _is_number(value) and value == value:
+            return float(value)
     elif kind == "str":
         if isinstance(value, str):
             return value
@@ -219,14 +224,21 @@ def check_fields(fields, mapping, source=None, aliases=None, values=None, unknow
             checked = []
             for where, item in nested:
                 item_values, item_problems = check_fields(field.fields, item, source=None, aliases=aliases)
-                problems += [f"{prefix}{where}.{problem}" if not problem.startswith("unknown key") else
-                             f"{prefix}{where}: {problem}" for problem in item_problems]
+                problems += [prefix + problem for problem in nest_problems(where, item_problems)]
                 checked.append(item_values)
             values[key] = checked[0] if field.kind == "mapping" else checked
     for field in fields:
         if field.required and field.name not in mapping:
             problems.append(f"{prefix}{field.name} is missing ({field.doc or KINDS[field.kind]})")
     return values, problems
+
+
+def nest_problems(where, problems):
+    """The problems of a nested document named by their path from the outer one: ``img_size must
+    be ...`` under ``preprocess`` becomes ``preprocess.img_size must be ...``; an unknown key,
+    ``preprocess: unknown key ...``."""
+    return [f"{where}: {problem}" if problem.startswith("unknown key") else f"{where}.{problem}"
+            for problem in problems]
 
 
 def raise_problems(problems, heading, error_class=ConfigError):

@@ -376,10 +376,11 @@ def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
         data = (out / name).read_bytes()
         (truncated_model / name).write_bytes(data[:len(data) // 3] if name == "exit3.mindir" else data)
     cases = {
-        "has 2 exit_thresholds, the model has 3 exits": ("--model", out, "--thresholds", wrong_exits, image_folder),
+        "exit_thresholds must have 3 items, got 2": ("--model", out, "--thresholds", wrong_exits, image_folder),
         f"{truncated_model / 'exit3.mindir'}: cannot load this MindIR file": ("--model", truncated_model, image_folder),
         "--batch_size must be at least 1": ("--model", out, "--batch_size", "0", image_folder),
-        "is for model 'dvt_t2t_vit_14'": ("--model", out, "--thresholds", wrong_model, image_folder),
+        "got 'dvt_t2t_vit_14': thresholds of another model": ("--model", out, "--thresholds", wrong_model,
+                                                               image_folder),
         "no images found": ("--model", out, empty),
         "MindIR file exit1.mindir named in manifest.yaml (exits[0].file) is missing": ("--model", broken_model,
                                                                                      image_folder),

@@ -67,42 +67,46 @@ def _delete(key):
 
 
 HAND_EDITS = {
-    "no exits": (_delete("exits"), "manifest: missing key(s) exits"),
+    "no exits": (_delete("exits"), "exits is missing (one per exit)"),
     "img_size banana": (_set(["preprocess", "img_size"], "banana"),
-                        "preprocess.img_size: expected an integer >= 1, got 'banana'"),
-    "crop_pct 0": (_set(["preprocess", "crop_pct"], 0), "preprocess.crop_pct: 0 is outside (0.0, 1.0]"),
+                        "preprocess.img_size must be an integer, got 'banana' (str)"),
+    "crop_pct 0": (_set(["preprocess", "crop_pct"], 0), "preprocess.crop_pct must be > 0.0, got 0.0"),
     "text thresholds": (_set(["thresholds", "exit_thresholds"], ["0.5", "-1e8"]),
-                        "thresholds.exit_thresholds[0]: expected a number, got '0.5'"),
+                        "thresholds.exit_thresholds must be a non-empty list of numbers, got ['0.5', '-1e8']"),
     "text gflops": (_set(["exits", 1, "stage_gflops"], "0.002"),
-                    "exits[1].stage_gflops: expected a number, got '0.002'"),
+                    "exits[1].stage_gflops must be a number (written as one, not quoted), got '0.002' (str)"),
     "gflops that do not add up": (_set(["exits", 1, "cumulative_gflops"], 1.0),
-                                  "exits[1].cumulative_gflops: 1.0 is not the previous exit's"),
-    "mean of one value": (_set(["preprocess", "mean"], [0.5]),
-                          "preprocess.mean: expected a list of 3 numbers, got [0.5]"),
+                                  "exits[1].cumulative_gflops 1.0 is not the previous exit's"),
+    "mean of one value": (_set(["preprocess", "mean"], [0.5]), "preprocess.mean must have 3 items, got 1: [0.5]"),
     "mean on the 0-255 scale": (_set(["preprocess", "mean"], [123.675, 116.28, 103.53]),
-                                "preprocess.mean[0]: 123.675 is outside [0.0, 1.0]"),
-    "zero std": (_set(["preprocess", "std"], [0.2, 0, 0.2]), "preprocess.std[1]: 0 is outside (0.0, 1.0]"),
-    "num_exits 7": (_set(["num_exits"], 7), "exits: expected a list of num_exits = 7 exits, got 2"),
+                                "preprocess.mean must be <= 1.0, got (123.675, 116.28, 103.53)"),
+    "zero std": (_set(["preprocess", "std"], [0.2, 0, 0.2]), "preprocess.std must be > 0.0, got (0.2, 0.0, 0.2)"),
+    "num_exits 7": (_set(["num_exits"], 7), "exits must have 7 items, got 2"),
     "interpolation lanczos9": (_set(["preprocess", "interpolation"], "lanczos9"),
-                               "preprocess.interpolation: 'lanczos9' is not one of bilinear, bicubic"),
+                               "preprocess.interpolation must be one of bilinear, bicubic, nearest, area, "
+                               "got 'lanczos9'"),
     "resize without crop_pct": (_set(["preprocess", "resize"], 40),
-                                "preprocess.resize: 40 does not follow from img_size 32 and crop_pct 0.875"),
-    "unknown preprocess key": (_set(["preprocess", "antialias"], True), "preprocess: unknown key(s) antialias"),
+                                "preprocess.resize 40 does not follow from img_size 32 and crop_pct 0.875"),
+    "unknown preprocess key": (_set(["preprocess", "antialias"], True), "preprocess: unknown key 'antialias'"),
+    "misspelt exit key": (lambda m: m["exits"][0].update(stage_gflop=m["exits"][0].pop("stage_gflops")),
+                          "exits[0]: unknown key 'stage_gflop'; did you mean 'stage_gflops'?"),
     "class names of another model": (_set(["class_names"], ["a", "b"]),
-                                     "class_names: expected null or a list of 3 names"),
+                                     "class_names must have 3 items, got 2: ['a', 'b']"),
     "file outside the directory": (_set(["exits", 0, "file"], "../exit1.mindir"),
-                                   "exits[0].file: '../exit1.mindir' must be a file name"),
+                                   "exits[0].file must be a file name in the exported directory, "
+                                   "got '../exit1.mindir'"),
     "images of another size": (_set(["exits", 1, "inputs", 0, "shape"], [-1, 3, 64, 64]),
-                               "exits[1].inputs[0].shape: [-1, 3, 64, 64] is not [-1, 3, 32, 32]"),
+                               "exits[1].inputs[0].shape must be [-1, 3, 32, 32], got [-1, 3, 64, 64]"),
     "reuse input dropped": (lambda m: m["exits"][1]["inputs"].pop(),
-                            "exits[1].inputs: after images it must take what the previous exit passes on"),
+                            "exits[1].inputs must take, after images, what the previous exit passes on"),
     "text budget cost": (_set(["thresholds", "budgets", 0, "calibration_gflops"], "cheap"),
-                         "thresholds.budgets[0].calibration_gflops: expected a number, got 'cheap'"),
+                         "thresholds.budgets[0].calibration_gflops must be a number (written as one, not quoted), "
+                         "got 'cheap' (str)"),
     "precision float8": (_set(["precision"], "float8"),
-                         "precision: 'float8' is not one of float32, float16, bfloat16"),
+                         "precision must be one of float32, float16, bfloat16, got 'float8'"),
     "another format": (_set(["format"], "dvt-ms-mindir/0"), "not a dvt-ms-mindir/1 manifest (format: dvt-ms-mindir/0)"),
     "digest of another kind": (_set(["digest", "weights"], "md5:0123"),
-                               "digest.weights: expected 'sha256:<hex>', got 'md5:0123'"),
+                               "digest.weights must be 'sha256:<hex>', got 'md5:0123'"),
 }
 
 
@@ -112,8 +116,24 @@ def test_hand_edited_manifest_names_the_field(exported, tmp_path, case):
     target = _copy_with(exported, tmp_path, edit)
     with pytest.raises(ManifestError) as caught:
         load_manifest(target)
-    assert str(caught.value).startswith(f"{target / MANIFEST_NAME}: ")
+    assert str(caught.value).startswith(f"{target / MANIFEST_NAME}:")
     assert message in str(caught.value)
+
+
+def test_every_problem_of_a_manifest_is_listed_at_once_one_per_line(exported, tmp_path):
+    edits = [HAND_EDITS[case] for case in ("img_size banana", "text gflops", "misspelt exit key", "text thresholds")]
+
+    def edit_all(manifest):
+        for edit, _ in edits:
+            edit(manifest)
+    target = _copy_with(exported, tmp_path, edit_all)
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(target)
+    lines = str(caught.value).splitlines()
+    # the misspelt key also leaves its right spelling missing
+    messages = [message for _, message in edits] + ["exits[0].stage_gflops is missing"]
+    assert lines[0] == f"{target / MANIFEST_NAME}:" and len(lines) == 1 + len(messages), lines
+    assert all(sum(message in line for line in lines[1:]) == 1 for message in messages), lines
 
 
 def test_manifest_that_is_not_yaml_names_the_line(exported, tmp_path):
@@ -133,9 +153,13 @@ def test_exported_manifest_passes_its_own_checks(exported, tmp_path):
 def test_thresholds_file_is_checked_field_by_field(exported, tmp_path):
     manifest = load_manifest(exported)
     good = copy.deepcopy(manifest["thresholds"])
-    cases = {"exit_thresholds[1]: expected a number, got 'last'": {"exit_thresholds": [0.5, "last"]},
-             "budgets[0]: missing key calibration_accuracy": {"budgets": [{"exit_thresholds": [0.5, -1e8],
-                                                                           "calibration_gflops": 0.001}]}}
+    cases = {"exit_thresholds must be a non-empty list of numbers, got [0.5, 'last']":
+                 {"exit_thresholds": [0.5, "last"]},
+             "budgets[0].calibration_accuracy is missing": {"budgets": [{"exit_thresholds": [0.5, -1e8],
+                                                                         "calibration_gflops": 0.001}]},
+             "budgets[0]: unknown key 'calibration_acuracy'; did you mean 'calibration_accuracy'?":
+                 {"budgets": [{"exit_thresholds": [0.5, -1e8], "calibration_gflops": 0.001,
+                               "calibration_accuracy": 40.0, "calibration_acuracy": 40.0}]}}
     for message, change in cases.items():
         path = tmp_path / "thresholds.yaml"
         path.write_text(yaml.safe_dump({**good, **change}))
@@ -169,8 +193,9 @@ def test_cli_reports_a_bad_manifest_in_one_line_and_writes_nothing(exported, tmp
                                                                    make_class_folders):
     make_class_folders(tmp_path / "images", num_classes=3, per_class=1)
     results = tmp_path / "results.csv"
-    for edit, message in (HAND_EDITS["img_size banana"], HAND_EDITS["text thresholds"]):
-        target = _copy_with(exported, tmp_path / message.split(":")[0], edit)
+    for case in ("img_size banana", "text thresholds"):
+        edit, message = HAND_EDITS[case]
+        target = _copy_with(exported, tmp_path / case.replace(" ", "_"), edit)
         assert deploy_cli.main(["--model", str(target), str(tmp_path / "images"), "--out", str(results)]) == 2
         err = capfd.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err

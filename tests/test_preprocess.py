@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dvt_ms.config import OPTIONS
 from dvt_ms.contract.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, preprocess_record,
                                            resize_for_crop)
 from dvt_ms.deploy.preprocess import Preprocessor, UnreadableImageError
@@ -116,10 +115,6 @@ def test_training_normalises_with_the_record_export_writes():
 
 def test_resize_rule_is_the_validation_pipelines():
     assert resize_for_crop(224, 0.875) == 256 and resize_for_crop(224, 0.9) == 249 and resize_for_crop(64, 1.0) == 64
-
-
-def test_interpolations_are_the_configs_choices():
-    assert set(INTERPOLATIONS) == set(OPTIONS["interpolation"].choices)
 
 
 def test_unreadable_images_say_why(tmp_path, image_files):

@@ -97,7 +97,7 @@ def test_every_preset_runs_forward_and_its_analytic_flops_are_the_macs_its_cells
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_every_preset_exports_graphs_that_compute_what_its_cells_do(name, tmp_path):
     from dvt_ms.export.writer import export_model
-    from dvt_ms.deploy.preprocess import resize_for_crop
+    from dvt_ms.contract.preprocessing import resize_for_crop
     ms.set_seed(0)
     model = dvt_ms.DVT(reduced(name))
     model.set_train(False)

@@ -46,6 +46,7 @@ def test_every_problem_is_reported_at_once_naming_source_key_and_value():
     ("int", True, "must be an integer, got True (bool)"),
     ("int", 2.0, "must be an integer, got 2.0 (float)"),
     ("float", "fast", "must be a number, got 'fast' (str)"),
+    ("number", "0.5", "must be a number (written as one, not quoted), got '0.5' (str)"),
     ("pair", [3, 1], "must be [low, high] with low <= high, got [3, 1]"),
     ("mapping", [1], "must be a mapping of key: value, got [1] (list)"),
 ])
@@ -117,6 +118,7 @@ def test_nested_documents_name_the_path_to_each_problem():
 
 
 def test_nan_is_not_a_number():
-    for kind, value in (("float", float("nan")), ("float", "nan"), ("floats", [1.0, float("nan")])):
+    for kind, value in (("float", float("nan")), ("float", "nan"), ("number", float("nan")),
+                        ("floats", [1.0, float("nan")])):
         with pytest.raises(ValueError, match="must be"):
             check_value(Field("x", kind), value)

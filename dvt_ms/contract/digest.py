@@ -15,10 +15,10 @@ import logging
 import numpy as np
 
 from ..errors import ManifestError
-from .fields import Fields, show
+from ..schema import Field
 
-__all__ = ["ACCEPT_MISMATCH_FLAG", "architecture_digest", "weights_digest", "digest_of", "model_digest",
-           "check_digest", "check_bound"]
+__all__ = ["ACCEPT_MISMATCH_FLAG", "DIGEST_FIELDS", "architecture_digest", "weights_digest", "digest_of",
+           "model_digest", "digest_problems", "check_bound"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ ACCEPT_MISMATCH_FLAG = "--accept_thresholds_mismatch"
 # Architecture fields that only training uses: they do not change what the weights compute.
 _TRAINING_ONLY = ("drop_rate", "drop_path_rate")
 _SHOWN = 12     # hex digits of a digest shown in messages
+_SCHEME = "sha256:"
+
+#: A recorded digest's fields (each ``sha256:<hex>``: ``digest_problems``).
+DIGEST_FIELDS = (Field("architecture", "str", required=True, doc="sha256 of the architecture"),
+                 Field("weights", "str", required=True, doc="sha256 of the weights"))
 
 
 def architecture_digest(architecture):
@@ -35,7 +40,7 @@ def architecture_digest(architecture):
     its training-only fields left out."""
     plain = {key: value for key, value in architecture.items() if key not in _TRAINING_ONLY}
     text = json.dumps(plain, sort_keys=True, default=list, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return _SCHEME + hashlib.sha256(text.encode()).hexdigest()
 
 
 def weights_digest(named_arrays):
@@ -45,7 +50,7 @@ def weights_digest(named_arrays):
         array = np.ascontiguousarray(array)
         hasher.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         hasher.update(array.tobytes())
-    return "sha256:" + hasher.hexdigest()
+    return _SCHEME + hasher.hexdigest()
 
 
 def digest_of(architecture, named_arrays):
@@ -60,14 +65,11 @@ def model_digest(model):
                      ((param.name, param.asnumpy()) for param in model.get_parameters()))
 
 
-def check_digest(fields: Fields, digest, field="digest"):
-    """Check a recorded digest's form."""
-    fields.mapping(digest, field, ("architecture", "weights"))
-    for key in ("architecture", "weights"):
-        value = fields.text(digest[key], f"{field}.{key}")
-        if not value.startswith("sha256:"):
-            fields.fail(f"{field}.{key}", f"expected 'sha256:<hex>', got {show(value)}")
-    return digest
+def digest_problems(digest, where="digest"):
+    """What the fields alone cannot say about a recorded digest whose fields were checked
+    (``digest``: its valid values): each is ``sha256:<hex>``."""
+    return [f"{where}.{key} must be '{_SCHEME}<hex>', got {digest[key]!r}"
+            for key in ("architecture", "weights") if key in digest and not digest[key].startswith(_SCHEME)]
 
 
 def _short(digest):

@@ -2,30 +2,60 @@
 
 Export builds it (``build_manifest``) and checks it before writing anything; deployment reads
 only it and the MindIR files it names (``load_manifest``). Everything is checked on loading,
-before any image is classified: a hand-edited manifest that cannot be used is a ``ManifestError``
-naming the file and the field.
+before any image is classified: a hand-edited manifest that cannot be used is one ``ManifestError``
+naming the file and listing every problem, each by its path (``exits[1].stage_gflops``).
 """
 import math
 import os
 
 from ..errors import ManifestError
-from .digest import check_digest
-from .fields import Fields, read_yaml, show
+from ..schema import Field, check_fields, nest_problems, raise_problems
+from .digest import DIGEST_FIELDS, digest_problems
 from .precision import DEFAULT_PRECISION, PRECISIONS
-from .preprocessing import check_preprocess
-from .signature import check_exit_signature
-from .thresholds import check_thresholds
+from .preprocessing import PREPROCESS_FIELDS, preprocess_problems
+from .signature import TENSOR_FIELDS, signature_problems
+from .thresholds import thresholds_problems
+from .yamlio import read_yaml
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "exit_file", "build_manifest", "load_manifest", "check_manifest"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "exit_file", "build_manifest", "load_manifest", "check_manifest",
+           "manifest_problems"]
 
 MANIFEST_NAME = "manifest.yaml"
 MANIFEST_FORMAT = "dvt-ms-mindir/1"
 
-_MANIFEST_KEYS = ("format", "model", "architecture", "digest", "num_exits", "num_classes", "class_names",
-                  "preprocess", "precision", "exits", "thresholds")
-# absent in manifests written before they existed
-_OPTIONAL_KEYS = ("architecture", "digest", "precision")
-_EXIT_KEYS = ("file", "grid", "inputs", "outputs", "stage_gflops", "cumulative_gflops")
+_EXIT_FIELDS = (
+    Field("file", "str", required=True, doc="the MindIR file, in the exported directory"),
+    Field("grid", "int", required=True, minimum=1, doc="the exit's token grid"),
+    Field("inputs", "mappings", required=True, fields=TENSOR_FIELDS, doc="what the graph takes"),
+    Field("outputs", "mappings", required=True, fields=TENSOR_FIELDS, doc="what the graph gives"),
+    Field("stage_gflops", "number", required=True, above=0.0, doc="GFLOPs per image of this exit's stage"),
+    Field("cumulative_gflops", "number", required=True, above=0.0, doc="GFLOPs per image up to this exit"),
+)
+
+
+def _manifest_fields(num_exits, num_classes):
+    """The manifest's fields, list lengths set by its ``num_exits`` and ``num_classes`` (None if
+    those are invalid themselves). architecture, digest and precision may be absent: manifests
+    written before they existed."""
+    return (
+        Field("format", "str", required=True, choices=(MANIFEST_FORMAT,)),
+        Field("model", "str", required=True, doc="the preset exported"),
+        Field("architecture", "mapping", doc="the model config"),
+        Field("digest", "mapping", fields=DIGEST_FIELDS, doc="the architecture and weights exported"),
+        Field("num_exits", "int", required=True, minimum=1),
+        Field("num_classes", "int", required=True, minimum=1),
+        Field("class_names", "strs", required=True, nullable=True, length=num_classes,
+              doc="null or one name per class"),
+        Field("preprocess", "mapping", required=True, fields=PREPROCESS_FIELDS, doc="the preprocessing record"),
+        Field("precision", "str", DEFAULT_PRECISION, choices=PRECISIONS),
+        Field("exits", "mappings", required=True, length=num_exits, fields=_EXIT_FIELDS, doc="one per exit"),
+        Field("thresholds", "mapping", required=True, nullable=True, doc="null or a thresholds document"),
+    )
+
+
+def _count(value):
+    """``value`` if it is a valid count (an integer >= 1), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 def exit_file(exit_index):
@@ -61,54 +91,51 @@ def load_manifest(model_dir):
 
 
 def check_manifest(manifest, source):
-    """Check every field the engine, the preprocessing and the summary use; returns ``manifest``.
+    """Check every field the engine, the preprocessing and the summary use; returns ``manifest``,
+    or raises one ManifestError headed by ``source`` that lists every problem.
 
     The stored thresholds are checked field by field; their digest was matched to the weights
     when the export stored them."""
-    fields = Fields(source)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else show(manifest)
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ManifestError(f"{source}: not a {MANIFEST_FORMAT} manifest (format: {found})")
-    fields.mapping(manifest, "manifest", _MANIFEST_KEYS, optional=_OPTIONAL_KEYS)
-    fields.text(manifest["model"], "model")
-    fields.choice(manifest.get("precision", DEFAULT_PRECISION), "precision", PRECISIONS)
-    if "architecture" in manifest:
-        fields.mapping(manifest["architecture"], "architecture")
-    if "digest" in manifest:
-        check_digest(fields, manifest["digest"])
-    num_exits = fields.integer(manifest["num_exits"], "num_exits")
-    num_classes = fields.integer(manifest["num_classes"], "num_classes")
-    names = manifest["class_names"]
-    if names is not None and (not isinstance(names, list) or len(names) != num_classes
-                              or not all(isinstance(name, str) for name in names)):
-        fields.fail("class_names", f"expected null or a list of {num_classes} names, got {show(names)}")
-    img_size = check_preprocess(fields, manifest["preprocess"])
-    exits = manifest["exits"]
-    if not isinstance(exits, list) or len(exits) != num_exits:
-        fields.fail("exits", f"expected a list of num_exits = {num_exits} exits, got "
-                             f"{len(exits) if isinstance(exits, list) else show(exits)}")
-    previous = None
-    for index, exit_info in enumerate(exits):
-        previous = _check_exit(fields, exit_info, f"exits[{index}]", img_size, num_classes, previous)
-    if previous["outputs"][1:]:
-        fields.fail(f"exits[{num_exits - 1}].outputs", "the last exit passes nothing on: only logits")
-    if manifest["thresholds"] is not None:
-        check_thresholds(manifest["thresholds"], manifest["model"], num_exits, source, "thresholds.")
+    raise_problems(manifest_problems(manifest), source, ManifestError)
     return manifest
 
 
-def _check_exit(fields, exit_info, field, img_size, num_classes, previous):
-    fields.mapping(exit_info, field, _EXIT_KEYS)
-    name = fields.text(exit_info["file"], f"{field}.file")
-    if os.path.basename(name) != name:
-        fields.fail(f"{field}.file", f"{name!r} must be a file name in the exported directory")
-    fields.integer(exit_info["grid"], f"{field}.grid")
-    check_exit_signature(fields, exit_info, field, img_size, num_classes, previous)
-    stage = fields.number(exit_info["stage_gflops"], f"{field}.stage_gflops", low=0.0, low_open=True)
-    cumulative = fields.number(exit_info["cumulative_gflops"], f"{field}.cumulative_gflops",
-                               low=0.0, low_open=True)
-    before = previous["cumulative_gflops"] if previous else 0.0
-    if not math.isclose(cumulative, before + stage, rel_tol=1e-6):
-        fields.fail(f"{field}.cumulative_gflops", f"{cumulative} is not the previous exit's {before} plus "
-                                                  f"stage_gflops {stage}")
-    return exit_info
+def manifest_problems(manifest):
+    """Every problem of a manifest (a mapping), each named by its path in the document."""
+    num_exits, num_classes = _count(manifest.get("num_exits")), _count(manifest.get("num_classes"))
+    values, problems = check_fields(_manifest_fields(num_exits, num_classes), manifest)
+    if values.get("model") == "":
+        problems.append("model must be the preset's name, got ''")
+    if values.get("digest"):
+        problems += digest_problems(values["digest"])
+    preprocess = values.get("preprocess", {})
+    problems += preprocess_problems(preprocess)
+    previous = None
+    for index, exit_info in enumerate(values.get("exits", ())):
+        problems += _exit_problems(exit_info, f"exits[{index}]", preprocess.get("img_size"), num_classes, previous)
+        previous = exit_info
+    if previous is not None and len(previous.get("outputs", ())) > 1:
+        problems.append(f"exits[{len(values['exits']) - 1}].outputs must be only logits: the last exit passes "
+                        "nothing on")
+    if isinstance(manifest.get("thresholds"), dict):
+        problems += nest_problems("thresholds", thresholds_problems(manifest["thresholds"], values.get("model"),
+                                                                    num_exits))
+    return problems
+
+
+def _exit_problems(exit_info, where, img_size, num_classes, previous):
+    """What the fields alone cannot say about one exit (``exit_info``: its valid values)."""
+    problems = []
+    name = exit_info.get("file")
+    if name is not None and (not name or os.path.basename(name) != name):
+        problems.append(f"{where}.file must be a file name in the exported directory, got {name!r}")
+    problems += signature_problems(exit_info, where, img_size, num_classes, previous)
+    stage, cumulative = exit_info.get("stage_gflops"), exit_info.get("cumulative_gflops")
+    before = previous.get("cumulative_gflops") if previous is not None else 0.0
+    if None not in (stage, cumulative, before) and not math.isclose(cumulative, before + stage, rel_tol=1e-6):
+        problems.append(f"{where}.cumulative_gflops {cumulative} is not the previous exit's {before} plus "
+                        f"stage_gflops {stage}")
+    return problems

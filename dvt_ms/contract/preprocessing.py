@@ -11,10 +11,11 @@ manifest's ``preprocess`` section) and deployment (``dvt_ms.deploy.preprocess``)
 Each preset's defaults sit in ``PRESET_PREPROCESSING`` (as timm's ``pretrained_cfg`` sits beside a
 model); a preset not listed there has ``DEFAULT_PREPROCESSING``.
 """
-from .fields import Fields
+from ..schema import Field
 
 __all__ = ["INTERPOLATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_PREPROCESSING", "PRESET_PREPROCESSING",
-           "PREPROCESS_KEYS", "preset_preprocessing", "resize_for_crop", "preprocess_record", "check_preprocess"]
+           "PREPROCESS_FIELDS", "preset_preprocessing", "resize_for_crop", "preprocess_record",
+           "preprocess_problems"]
 
 #: Resize interpolations, as MindSpore's Resize names them.
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
@@ -36,7 +37,16 @@ PRESET_PREPROCESSING = {
     "dvt_deit_small": {},
 }
 
-PREPROCESS_KEYS = ("img_size", "crop_pct", "resize", "interpolation", "mean", "std")
+#: The ``preprocess`` section's fields. mean and std are fractions of 255: 123.675 (the same on
+#: the 0-255 scale) is a classic slip, hence their bounds.
+PREPROCESS_FIELDS = (
+    Field("img_size", "int", required=True, minimum=1, doc="the center crop, the graphs' input size"),
+    Field("crop_pct", "number", required=True, above=0.0, maximum=1.0, doc="img_size / resize"),
+    Field("resize", "int", required=True, minimum=1, doc="the shorter side before the crop"),
+    Field("interpolation", "str", required=True, choices=INTERPOLATIONS, doc="the resize filter"),
+    Field("mean", "floats", required=True, length=3, minimum=0.0, maximum=1.0, doc="3 fractions of 255"),
+    Field("std", "floats", required=True, length=3, above=0.0, maximum=1.0, doc="3 fractions of 255"),
+)
 
 
 def preset_preprocessing(preset):
@@ -56,19 +66,14 @@ def preprocess_record(img_size, crop_pct, interpolation, mean=IMAGENET_MEAN, std
             "interpolation": interpolation, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
 
 
-def check_preprocess(fields: Fields, preprocess, field="preprocess"):
-    """Check a ``preprocess`` section; returns its img_size."""
-    fields.mapping(preprocess, field, PREPROCESS_KEYS)
-    img_size = fields.integer(preprocess["img_size"], f"{field}.img_size")
-    crop_pct = fields.number(preprocess["crop_pct"], f"{field}.crop_pct", low=0.0, high=1.0, low_open=True)
-    resize = fields.integer(preprocess["resize"], f"{field}.resize")
+def preprocess_problems(preprocess, where="preprocess"):
+    """What the fields alone cannot say about a ``preprocess`` section whose fields were checked
+    (``preprocess``: its valid values): resize must follow from img_size and crop_pct."""
+    if not all(key in preprocess for key in ("img_size", "crop_pct", "resize")):
+        return []
+    img_size, crop_pct, resize = preprocess["img_size"], preprocess["crop_pct"], preprocess["resize"]
     expected = resize_for_crop(img_size, crop_pct)
-    if resize != expected:
-        fields.fail(f"{field}.resize", f"{resize} does not follow from img_size {img_size} and crop_pct {crop_pct} "
-                                       f"(resize = round(img_size / crop_pct) = {expected}); "
-                                       "change crop_pct and resize together")
-    fields.choice(preprocess["interpolation"], f"{field}.interpolation", INTERPOLATIONS)
-    # mean and std are fractions of 255: 123.675 (the same on the 0-255 scale) is a classic slip
-    fields.numbers(preprocess["mean"], f"{field}.mean", 3, low=0.0, high=1.0)
-    fields.numbers(preprocess["std"], f"{field}.std", 3, low=0.0, high=1.0, low_open=True)
-    return img_size
+    if resize == expected:
+        return []
+    return [f"{where}.resize {resize} does not follow from img_size {img_size} and crop_pct {crop_pct} "
+            f"(resize = round(img_size / crop_pct) = {expected}); change crop_pct and resize together"]

@@ -5,14 +5,18 @@ Exit k takes ``images`` (B, 3, S, S) and, for k > 0, what exit k-1 passes on: ``
 (B, C) and what exit k+1 reuses: ``feature`` and/or ``relations``. The batch is dynamic (-1).
 Export builds the graphs from ``exit_signature``; deployment checks the manifest against the rule.
 """
-from .fields import Fields, show
+from ..schema import Field
 
-__all__ = ["IMAGES", "LOGITS", "REUSED_AS", "exit_signature", "check_exit_signature"]
+__all__ = ["IMAGES", "LOGITS", "REUSED_AS", "TENSOR_FIELDS", "exit_signature", "signature_problems"]
 
 IMAGES = "images"
 LOGITS = "logits"
 #: What exit k passes on (its outputs after the logits) -> the name exit k+1 takes it under.
 REUSED_AS = {"feature": "prev_feature", "relations": "prev_relations"}
+
+#: One input or output of an exit graph, as the manifest records it.
+TENSOR_FIELDS = (Field("name", "str", required=True, doc="the tensor's name"),
+                 Field("shape", "ints", required=True, doc="[-1, sizes...], -1 the dynamic batch"))
 
 
 def exit_signature(config, exit_index):
@@ -42,31 +46,35 @@ def exit_signature(config, exit_index):
     return {"inputs": inputs, "outputs": outputs}
 
 
-def _check_tensor_list(fields, value, field, first, first_shape, later_names):
-    if not isinstance(value, list) or not value:
-        fields.fail(field, f"expected a list of {{name, shape}}, got {show(value)}")
-    for index, item in enumerate(value):
-        where = f"{field}[{index}]"
-        fields.mapping(item, where, ("name", "shape"))
+def _tensor_list_problems(tensors, where, first, first_shape, later_names):
+    problems = []
+    for index, tensor in enumerate(tensors):
         allowed = (first,) if index == 0 else later_names
-        if item["name"] not in allowed:
-            fields.fail(f"{where}.name", f"{show(item['name'])} is not {' or '.join(allowed)}")
-        shape = item["shape"]
-        if (not isinstance(shape, list) or not shape or shape[0] != -1
-                or not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape[1:])):
-            fields.fail(f"{where}.shape", f"expected [-1, sizes...] (dynamic batch), got {show(shape)}")
-    if value[0]["shape"] != first_shape:
-        fields.fail(f"{field}[0].shape", f"{value[0]['shape']} is not {first_shape}")
+        if "name" in tensor and tensor["name"] not in allowed:
+            problems.append(f"{where}[{index}].name must be {' or '.join(allowed)}, got {tensor['name']!r}")
+        shape = tensor.get("shape")
+        if shape is not None and (shape[0] != -1 or not all(size > 0 for size in shape[1:])):
+            problems.append(f"{where}[{index}].shape must be [-1, sizes...] (dynamic batch), got {list(shape)}")
+        elif index == 0 and shape is not None and None not in first_shape and list(shape) != first_shape:
+            problems.append(f"{where}[0].shape must be {first_shape}, got {list(shape)}")
+    return problems
 
 
-def check_exit_signature(fields: Fields, exit_info, field, img_size, num_classes, previous):
-    """Check one exit's ``inputs`` and ``outputs`` in a manifest: images and logits first, then
-    exactly what the ``previous`` exit (its manifest entry, or None) passes on."""
-    _check_tensor_list(fields, exit_info["inputs"], f"{field}.inputs", IMAGES, [-1, 3, img_size, img_size],
-                       tuple(REUSED_AS.values()))
-    _check_tensor_list(fields, exit_info["outputs"], f"{field}.outputs", LOGITS, [-1, num_classes],
-                       tuple(REUSED_AS))
-    given = [{"name": REUSED_AS[item["name"]], "shape": item["shape"]}
-             for item in (previous["outputs"][1:] if previous else [])]
-    if exit_info["inputs"][1:] != given:
-        fields.fail(f"{field}.inputs", f"after images it must take what the previous exit passes on, {given}")
+def signature_problems(exit_info, where, img_size, num_classes, previous):
+    """What the fields alone cannot say about one exit's ``inputs`` and ``outputs`` in a manifest
+    (``exit_info``: its valid values; ``img_size`` or ``num_classes`` None if unknown): images and
+    logits first, then exactly what the ``previous`` exit (its valid values, None for the first
+    exit) passes on."""
+    if "inputs" not in exit_info or "outputs" not in exit_info:
+        return []
+    problems = _tensor_list_problems(exit_info["inputs"], f"{where}.inputs", IMAGES, [-1, 3, img_size, img_size],
+                                     tuple(REUSED_AS.values()))
+    problems += _tensor_list_problems(exit_info["outputs"], f"{where}.outputs", LOGITS, [-1, num_classes],
+                                      tuple(REUSED_AS))
+    if previous is None or "outputs" in previous:   # unknown if the previous exit's outputs are invalid
+        given = [{"name": REUSED_AS.get(item.get("name"), item.get("name")), "shape": list(item.get("shape", ()))}
+                 for item in (previous["outputs"][1:] if previous else [])]
+        taken = [{"name": item.get("name"), "shape": list(item.get("shape", ()))} for item in exit_info["inputs"][1:]]
+        if taken != given:
+            problems.append(f"{where}.inputs must take, after images, what the previous exit passes on: {given}")
+    return problems

@@ -11,17 +11,49 @@ target accuracy all go through it.
 import math
 
 from ..errors import ManifestError
-from .digest import check_bound, check_digest
+from ..schema import Field, check_fields, check_value, raise_problems
+from .digest import DIGEST_FIELDS, check_bound, digest_problems
 from .exit_rule import ALWAYS
-from .fields import Fields, dump_yaml, read_yaml, show
+from .yamlio import dump_yaml, read_yaml
 
 __all__ = ["THRESHOLDS_NAME", "ROW_KEYS", "select_row", "thresholds_document", "dump_thresholds",
-           "thresholds_from_published", "read_thresholds", "check_thresholds", "load_thresholds",
-           "choose_thresholds"]
+           "thresholds_from_published", "read_thresholds", "thresholds_fields", "thresholds_problems",
+           "check_thresholds", "load_thresholds", "choose_thresholds"]
 
 THRESHOLDS_NAME = "thresholds.yaml"
 #: What every row of a budget table holds (besides anything else calibration records).
 ROW_KEYS = ("exit_thresholds", "calibration_gflops", "calibration_accuracy")
+
+
+def _row_fields(num_exits):
+    """The fields of a budget table's row (``num_exits`` None: any number of exits)."""
+    return (
+        Field("budget_index", "int", nullable=True, minimum=1, doc="the row's number in the budget table"),
+        Field("exit_thresholds", "floats", required=True, length=num_exits, doc="one threshold per exit"),
+        Field("calibration_gflops", "number", required=True, minimum=0.0,
+              doc="GFLOPs per image on the calibration images"),
+        Field("calibration_accuracy", "number", required=True, minimum=0.0, maximum=100.0,
+              doc="top-1 (%) on the calibration images"),
+        Field("validation_gflops", "number", nullable=True, minimum=0.0),
+        Field("validation_accuracy", "number", nullable=True, minimum=0.0, maximum=100.0),
+        Field("validation_exit_shares", "floats", nullable=True, length=num_exits, minimum=0.0, maximum=1.0),
+    )
+
+
+def thresholds_fields(num_exits):
+    """The fields of a thresholds document for a model of ``num_exits`` exits."""
+    return (
+        Field("model", "str", required=True, doc="the preset calibrated"),
+        Field("num_exits", "int", nullable=True, minimum=1),
+        Field("exit_gflops", "floats", nullable=True, length=num_exits, minimum=0.0,
+              doc="each exit's cumulative GFLOPs per image"),
+        Field("exit_thresholds", "floats", required=True, length=num_exits, doc="the default setting"),
+        Field("default_budget_index", "int", nullable=True, minimum=1),
+        Field("budgets", "mappings", nullable=True, fields=_row_fields(num_exits), doc="the budget table"),
+        Field("digest", "mapping", nullable=True, fields=DIGEST_FIELDS,
+              doc="the architecture and weights calibrated"),
+        Field("calibration", "mapping", nullable=True, doc="what the thresholds were calibrated on"),
+    )
 
 
 def select_row(rows, budget_gflops=None, target_accuracy=None, source="the budget table"):
@@ -80,20 +112,30 @@ def thresholds_from_published(results, source):
     budgeted-batch figures (ImageNet validation) when those cover every row, and then the default
     is chosen by ``select_row``; without them the document has no budget table and its default
     is the last published row (the most accurate end of the curve)."""
-    fields = Fields(source)
     table = results.get("dynamic_threshold")
     if not isinstance(table, list) or not table or not all(isinstance(row, list) for row in table):
-        fields.fail("dynamic_threshold", f"expected the published table (a list of rows), got {show(table)}")
+        raise ManifestError(f"{source}: dynamic_threshold must be the published table (a list of rows), "
+                            f"got {table!r:.60}")
     num_exits = len(table[0])
+    published_row = Field("dynamic_threshold", "floats", length=num_exits)
+    problems = []
     rows = []
     for index, thresholds in enumerate(table):
-        values = fields.numbers(thresholds, f"dynamic_threshold[{index}]", num_exits)
+        try:
+            values = list(check_value(published_row, thresholds))
+        except ValueError as error:
+            problems.append(f"dynamic_threshold[{index}] {error}")
+            continue
         values[-1] = float(ALWAYS)      # the last exit answers whatever reaches it
         rows.append({"budget_index": index + 1, "exit_thresholds": values})
-    figures = results.get("budgeted_batch_classification")
     document = {"model": results.get("model"), "num_exits": num_exits}
     if isinstance(results.get("flops"), list) and len(results["flops"]) == num_exits:
-        document["exit_gflops"] = fields.numbers(results["flops"], "flops", num_exits)
+        try:
+            document["exit_gflops"] = list(check_value(Field("flops", "floats"), results["flops"]))
+        except ValueError as error:
+            problems.append(f"flops {error}")
+    raise_problems(problems, source, ManifestError)
+    figures = results.get("budgeted_batch_classification")
     if isinstance(figures, list) and len(figures) == 2 and all(isinstance(f, list) and len(f) == len(rows)
                                                                 for f in figures):
         for row, gflops, accuracy in zip(rows, *figures):
@@ -115,42 +157,30 @@ def read_thresholds(path):
     converted checkpoint), or a ManifestError naming the file."""
     document = read_yaml(path, "thresholds")
     if not isinstance(document, dict):
-        raise ManifestError(f"{path}: not a thresholds file (expected a mapping, got {show(document)})")
+        raise ManifestError(f"{path}: not a thresholds file (expected a mapping, got {type(document).__name__})")
     if "dynamic_threshold" in document and "exit_thresholds" not in document:
         document = thresholds_from_published(document, path)
     return document
 
 
-def check_thresholds(thresholds, model_name, num_exits, source, prefix=""):
-    """A thresholds document must be for this model, with one number per exit in
-    ``exit_thresholds`` and in every row of its ``budgets`` table (if it has one).
+def thresholds_problems(thresholds, model_name, num_exits):
+    """Every problem of a thresholds document for the model ``model_name`` of ``num_exits`` exits
+    (either None if unknown), each named by its path in the document: one number per exit in
+    ``exit_thresholds`` and in every row of its ``budgets`` table (if it has one), the model's
+    name, the digest's form."""
+    values, problems = check_fields(thresholds_fields(num_exits), thresholds)
+    if model_name is not None and "model" in values and values["model"] != model_name:
+        problems.append(f"model must be {model_name!r} (the model's), got {values['model']!r}: "
+                        "thresholds of another model")
+    if values.get("digest"):
+        problems += digest_problems(values["digest"])
+    return problems
 
-    ``prefix`` is where the document sits in ``source`` (``"thresholds."`` in a manifest)."""
-    fields = Fields(source)
-    fields.mapping(thresholds, prefix.rstrip(".") or "thresholds")
-    if thresholds.get("model") != model_name:
-        raise ManifestError(f"{source} is for model {thresholds.get('model')!r}, not {model_name!r}")
-    values = thresholds.get("exit_thresholds")
-    if not isinstance(values, list) or len(values) != num_exits:
-        raise ManifestError(f"{source} has {len(values) if isinstance(values, list) else 'no'} "
-                            f"{prefix}exit_thresholds, the model has {num_exits} exits")
-    fields.numbers(values, f"{prefix}exit_thresholds", num_exits)
-    if thresholds.get("digest") is not None:
-        check_digest(fields, thresholds["digest"], f"{prefix}digest")
-    rows = thresholds.get("budgets")
-    if rows is None:
-        return thresholds
-    if not isinstance(rows, list):
-        fields.fail(f"{prefix}budgets", f"expected a list of rows, got {show(rows)}")
-    for index, row in enumerate(rows):
-        where = f"{prefix}budgets[{index}]"
-        fields.mapping(row, where)
-        for key in ROW_KEYS:
-            if key not in row:
-                fields.fail(where, f"missing key {key}")
-        fields.numbers(row["exit_thresholds"], f"{where}.exit_thresholds", num_exits)
-        fields.number(row["calibration_gflops"], f"{where}.calibration_gflops", low=0.0)
-        fields.number(row["calibration_accuracy"], f"{where}.calibration_accuracy", low=0.0, high=100.0)
+
+def check_thresholds(thresholds, model_name, num_exits, source):
+    """A thresholds document must be for this model (``thresholds_problems``); one ManifestError
+    headed by ``source`` lists every problem. Returns ``thresholds``."""
+    raise_problems(thresholds_problems(thresholds, model_name, num_exits), source, ManifestError)
     return thresholds
 
 

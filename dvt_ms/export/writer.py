@@ -13,7 +13,7 @@ import mindspore as ms
 
 from ..cli import raise_if_stop_requested
 from ..contract.digest import check_bound, model_digest
-from ..contract.fields import dump_yaml
+from ..contract.yamlio import dump_yaml
 from ..contract.manifest import MANIFEST_NAME, build_manifest, check_manifest, exit_file
 from ..contract.precision import PRECISIONS
 from ..contract.signature import exit_signature
