@@ -8,7 +8,7 @@ built and checked once. Every problem is reported at once: unknown keys (with th
 one), wrong types and impossible values, naming the key, the value and where it came from.
 Checks that involve several keys run for the command that uses them (``load_config(...,
 command=...)``): export needs no dataset, calibration no training schedule.
-``schema_markdown`` renders the schema as the README's table.
+``schema_markdown`` renders the schema as the table of docs/configuration.md.
 
 Model keys are the fields of ``dvt_ms.models.DVTConfig`` (``MODEL_FIELDS``) but ``family``, which
 the preset fixes: ``null`` means "the preset's value".

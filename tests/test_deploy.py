@@ -386,7 +386,7 @@ def test_cli_errors_leave_no_output(exported, image_folder, tmp_path):
                                                                                      image_folder),
         "below the cheapest": ("--model", out, "--budget", "0.001", image_folder),
         "above every calibrated setting": ("--model", out, "--accuracy", "99", image_folder),
-        "budget must be a finite number, got nan": ("--model", out, "--budget", "nan", image_folder),
+        "--budget must be a positive number of GFLOPs per image, got nan": ("--model", out, "--budget", "nan", image_folder),
         "--deadline_ms streams images one at a time": ("--model", out, "--deadline_ms", "50", "--batch_size", "4",
                                                        image_folder),
         "--deadline_ms and --hold_budget do not combine": ("--model", out, "--deadline_ms", "50",

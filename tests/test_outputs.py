@@ -424,3 +424,19 @@ def test_ctrl_c_during_export_stops_it_and_leaves_nothing(tmp_path, monkeypatch,
                    defer_interrupts=True) == 130
     assert len(exported) == 1 and not out.exists() and os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_convert_replaces_only_a_checkpoint_it_converted_before(tmp_path, golden_dir):
+    from dvt_ms.convert import convert_checkpoint, published_results_path
+    from helpers import GOLDEN_MODELS, golden_overrides
+    overrides = golden_overrides(golden_dir, "deit")
+    trained = tmp_path / "best.ckpt"
+    trained.write_bytes(b"a trained checkpoint")
+    with pytest.raises(OutputPathError, match="best.ckpt exists and is not a checkpoint the converter wrote"):
+        convert_checkpoint(golden_dir / "deit.pth.tar", trained, GOLDEN_MODELS["deit"], overrides)
+    assert trained.read_bytes() == b"a trained checkpoint"
+    converted = tmp_path / "converted.ckpt"
+    convert_checkpoint(golden_dir / "deit.pth.tar", converted, GOLDEN_MODELS["deit"], overrides)
+    first = pathlib.Path(published_results_path(converted)).read_text()
+    convert_checkpoint(golden_dir / "deit.pth.tar", converted, GOLDEN_MODELS["deit"], overrides)   # its own: replaced
+    assert pathlib.Path(published_results_path(converted)).read_text() == first

@@ -49,6 +49,14 @@ def test_every_python_m_command_in_readme_docs_and_scripts_exists():
             assert importlib.util.find_spec(command + ".__main__") is not None, f"python -m {command}: no __main__"
 
 
+def test_the_readme_names_every_doc_and_every_benchmark():
+    readme = (REPO / "README.md").read_text()
+    pages = sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))
+    scripts = sorted(f"benchmarks/{p.name}" for p in (REPO / "benchmarks").glob("*.py"))
+    missing = [name for name in pages + scripts if name not in readme]
+    assert not missing, f"README.md does not name {missing}"
+
+
 @pytest.mark.slow
 def test_the_wheel_holds_every_module(tmp_path):
     """pip builds a wheel of dvt_ms with every subpackage (no module left out by the package list)."""

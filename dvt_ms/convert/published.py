@@ -16,7 +16,7 @@ import numpy as np
 
 from ..contract.digest import digest_of
 from ..errors import CheckpointFormatError, ConversionError
-from ..fileio import atomic_write, atomic_write_text, check_output_file
+from ..fileio import OutputFileKind, atomic_write, atomic_write_text, check_output_file
 from ..models.presets import build_config, list_presets
 from .torch_pickle import load_torch_checkpoint
 
@@ -136,6 +136,24 @@ def published_results_path(ckpt_path):
     return root + ".published.yaml"
 
 
+def _is_published_results(path):
+    """A results file the converter wrote: YAML whose keys start with model, overrides, digest."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            start = handle.read(4096)
+    except OSError:
+        return False
+    return start.startswith("model:") and "\noverrides:" in start and "\ndigest:" in start
+
+
+# What the converter recognises as its own outputs (the only existing files it replaces,
+# docs/outputs.md): a results file it wrote, and a checkpoint beside one (never a trained checkpoint).
+PUBLISHED_RESULTS_FILE = OutputFileKind("a converter's results file", _is_published_results)
+CONVERTED_CHECKPOINT = OutputFileKind(
+    "a checkpoint the converter wrote (it has no .published.yaml beside it)",
+    lambda path: _is_published_results(published_results_path(path)))
+
+
 def _published_results(checkpoint, model_name, overrides, digest):
     def plain(value):
         return np.asarray(value, dtype=np.float64).tolist()
@@ -158,7 +176,8 @@ def convert_checkpoint(src, dst, model_name, overrides=None):
     overrides = dict(overrides or {})
     if not str(dst).endswith(".ckpt"):
         raise ConversionError(f"destination must end in .ckpt, got {dst}")
-    check_output_file(dst, published_results_path(dst))
+    check_output_file(dst, kind=CONVERTED_CHECKPOINT)
+    check_output_file(published_results_path(dst), kind=PUBLISHED_RESULTS_FILE)
     checkpoint = load_torch_checkpoint(src)
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
