@@ -120,8 +120,8 @@ def main():
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(table)
+        from dvt_ms.fileio import atomic_write_text
+        atomic_write_text(args.out, table)
 
 
 if __name__ == "__main__":

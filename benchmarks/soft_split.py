@@ -17,6 +17,7 @@ from mindspore import nn, ops
 
 import dvt_ms
 from dvt_ms.models.tokenizers import T2TTokenizer, soft_split, use_portable_soft_split
+from dvt_ms.fileio import atomic_write_text
 
 
 class _Split(nn.Cell):
@@ -94,8 +95,7 @@ def main():
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(table)
+        atomic_write_text(args.out, table)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 import mindspore as ms
 
 from dvt_ms import cli
+from dvt_ms.fileio import atomic_write_text
 import dvt_ms
 from dvt_ms.models.flops import model_flops
 from dvt_ms.models.layers import use_device_kernels
@@ -81,8 +82,7 @@ def main():
     table = to_markdown(rows)
     print(table)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(table + "\n")
+        atomic_write_text(args.out, table + "\n")
 
 
 if __name__ == "__main__":
