@@ -61,9 +61,11 @@ def test_unmet_targets_name_the_attainable_range():
     with pytest.raises(ManifestError, match=r"target accuracy 76.0% is above every calibrated setting in T "
                                             r"\(at most 75.00%"):
         select_row(_rows(), target_accuracy=76.0, source="T")
-    for bad in (float("nan"), float("inf")):
-        with pytest.raises(ManifestError, match="budget must be a finite number"):
+    for bad in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ManifestError, match=f"budget must be a positive number of GFLOPs per image, got {bad}"):
             select_row(_rows(), budget_gflops=bad)
+    with pytest.raises(ManifestError, match="target accuracy must be a finite top-1 percentage, got nan"):
+        select_row(_rows(), target_accuracy=float("nan"))
     with pytest.raises(ManifestError, match="T has no budget table"):
         choose_thresholds({"exit_thresholds": [0.5, -1e8]}, "T", budget_gflops=1.0)
 

@@ -17,11 +17,17 @@ from .signature import TENSOR_FIELDS, signature_problems
 from .thresholds import thresholds_problems
 from .yamlio import read_yaml
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "exit_file", "build_manifest", "load_manifest", "check_manifest",
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "GRAPH_TARGETS", "PORTABLE_TARGET", "exit_file", "build_manifest", "load_manifest", "check_manifest",
            "manifest_problems"]
 
 MANIFEST_NAME = "manifest.yaml"
 MANIFEST_FORMAT = "dvt-ms-mindir/1"
+
+# The devices an export makes its graphs for: the T2T soft split is Im2Col for the CPU (its fastest
+# form there), slices elsewhere (Im2Col is an AI CPU kernel on Ascend and may be missing from
+# MindSpore Lite). The portable graphs run with fast kernels on every backend.
+GRAPH_TARGETS = ("Ascend", "GPU", "CPU")
+PORTABLE_TARGET = "Ascend"
 
 _EXIT_FIELDS = (
     Field("file", "str", required=True, doc="the MindIR file, in the exported directory"),
@@ -35,7 +41,7 @@ _EXIT_FIELDS = (
 
 def _manifest_fields(num_exits, num_classes):
     """The manifest's fields, list lengths set by its ``num_exits`` and ``num_classes`` (None if
-    those are invalid themselves). architecture, digest and precision may be absent: manifests
+    those are invalid themselves). architecture, digest, precision and graph_target may be absent: manifests
     written before they existed."""
     return (
         Field("format", "str", required=True, choices=(MANIFEST_FORMAT,)),
@@ -48,6 +54,8 @@ def _manifest_fields(num_exits, num_classes):
               doc="null or one name per class"),
         Field("preprocess", "mapping", required=True, fields=PREPROCESS_FIELDS, doc="the preprocessing record"),
         Field("precision", "str", DEFAULT_PRECISION, choices=PRECISIONS),
+        Field("graph_target", "str", nullable=True, choices=GRAPH_TARGETS,
+              doc="the device the graphs were made for (absent: written before it was recorded)"),
         Field("exits", "mappings", required=True, length=num_exits, fields=_EXIT_FIELDS, doc="one per exit"),
         Field("thresholds", "mapping", required=True, nullable=True, doc="null or a thresholds document"),
     )
@@ -63,17 +71,19 @@ def exit_file(exit_index):
     return f"exit{exit_index + 1}.mindir"
 
 
-def build_manifest(model_name, architecture, digest, class_names, preprocess, precision, exits, thresholds=None):
+def build_manifest(model_name, architecture, digest, class_names, preprocess, precision, exits, thresholds=None,
+                   graph_target=PORTABLE_TARGET):
     """The manifest of an export (not yet checked: ``check_manifest``).
 
     ``architecture``: the model config as plain values; ``digest``: ``digest.digest_of`` the
     weights exported; ``preprocess``: ``preprocessing.preprocess_record``; ``exits``: per exit
     ``file``, ``grid``, ``inputs``/``outputs`` (``signature.exit_signature``), ``stage_gflops``
-    and ``cumulative_gflops``; ``thresholds``: a thresholds document or None."""
+    and ``cumulative_gflops``; ``thresholds``: a thresholds document or None; ``graph_target``: one
+    of ``GRAPH_TARGETS``, the device the graphs are made for."""
     return {"format": MANIFEST_FORMAT, "model": model_name, "architecture": architecture, "digest": dict(digest),
             "num_exits": len(exits), "num_classes": exits[0]["outputs"][0]["shape"][1],
-            "class_names": class_names, "preprocess": preprocess, "precision": precision, "exits": exits,
-            "thresholds": thresholds}
+            "class_names": class_names, "preprocess": preprocess, "precision": precision,
+            "graph_target": graph_target, "exits": exits, "thresholds": thresholds}
 
 
 def load_manifest(model_dir):

@@ -56,6 +56,21 @@ def thresholds_fields(num_exits):
     )
 
 
+def request_problem(name, value):
+    """What is wrong with a requested budget or target accuracy (None: nothing): the one wording of
+    the command line's early check and of ``select_row``. ``name``: ``budget`` or ``accuracy`` with
+    any prefix (``--budget``)."""
+    if value is None:
+        return None
+    valid = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if name.lstrip("-").endswith("budget"):
+        if not (valid and value > 0):
+            return f"{name} must be a positive number of GFLOPs per image, got {value}"
+    elif not valid:
+        return f"{name} must be a finite top-1 percentage, got {value}"
+    return None
+
+
 def select_row(rows, budget_gflops=None, target_accuracy=None, source="the budget table"):
     """The one selection rule over a budget table (rows with ``calibration_gflops`` and
     ``calibration_accuracy``, measured on the calibration images):
@@ -70,8 +85,9 @@ def select_row(rows, budget_gflops=None, target_accuracy=None, source="the budge
     if budget_gflops is not None and target_accuracy is not None:
         raise ValueError("give a budget or a target accuracy, not both")
     for name, value in (("budget", budget_gflops), ("target accuracy", target_accuracy)):
-        if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
-            raise ManifestError(f"{name} must be a finite number, got {value}")
+        problem = request_problem(name, value)
+        if problem:
+            raise ManifestError(problem)
     if target_accuracy is not None:
         reaching = [row for row in rows if row["calibration_accuracy"] >= target_accuracy]
         if not reaching:

@@ -10,20 +10,20 @@ everything (the model code, mindcv and the training stack are never imported).
 """
 import json
 import logging
-import math
 import sys
 import time
 
 from .. import cli
 from ..contract.digest import ACCEPT_MISMATCH_FLAG
 from ..contract.manifest import load_manifest
+from ..contract.thresholds import request_problem
 from ..device import set_float32_precision, use_device
 from ..errors import InferenceError
 from ..fileio import atomic_write_text, check_distinct_outputs, check_output_file
 from .classifier import select_exit_thresholds, thresholds_of
 from .controller import DEFAULT_WINDOW, BudgetController
 from .deadline import DeadlinePolicy, measure_exit_seconds
-from .engine import EarlyExitEngine
+from .engine import EarlyExitEngine, graph_target_note
 from .infer import (ANSWERS_SHOWN, RESULTS_FILE, SUMMARY_FILE, collect_images, format_answers, format_summary,
                     labels_in_model_order, run_inference, write_results)
 
@@ -49,8 +49,10 @@ def _check_options(args):
                              f"got {args.batch_size}")
     if args.window < 8:
         raise InferenceError(f"--window must be at least 8 images, got {args.window}")
-    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
-        raise InferenceError(f"--budget must be a positive number of GFLOPs per image, got {args.budget}")
+    for name in ("budget", "hold_budget", "accuracy"):   # before any work, in the selection rule's words
+        problem = request_problem(f"--{name}", getattr(args, name))
+        if problem:
+            raise InferenceError(problem)
     if args.top_k < 1:
         raise InferenceError(f"--top_k must be at least 1, got {args.top_k}")
 
@@ -71,6 +73,9 @@ def _run(args):
     labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
     device = use_device(args.device_target).device
     set_float32_precision(device, args.fast_float32)
+    note = graph_target_note(manifest, device, args.model)
+    if note:
+        LOGGER.warning(note)
     engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size, num_images=len(paths))
     begin = time.perf_counter()
     engine.warm_up()

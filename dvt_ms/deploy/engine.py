@@ -11,6 +11,7 @@ The exit rule is the contract's (``dvt_ms.contract.exit_rule``: float32 softmax 
 engine and the offline evaluation agree image by image.
 """
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -21,7 +22,9 @@ from ..contract.exit_rule import accepts, softmax, top_classes
 from ..contract.manifest import load_manifest
 from ..errors import ManifestError
 
-__all__ = ["bucket_sizes", "choose_batch_size", "EarlyExitEngine", "EarlyExitRun"]
+__all__ = ["bucket_sizes", "choose_batch_size", "graph_target_note", "EarlyExitEngine", "EarlyExitRun"]
+
+LOGGER = logging.getLogger(__name__)
 
 # A graph call has a fixed cost (dispatch, input and output copies: ~1 ms on a CPU whatever its size)
 # and so do the few tensor operations the engine runs between exits; a call that carries at least
@@ -30,6 +33,18 @@ CALL_GMACS = 16.0
 LARGEST_BATCH = 1024
 # The reuse tensors an exit hands on, per call: they wait in front of the next exit.
 REUSE_BYTES_PER_CALL = 512 * 2 ** 20
+
+
+def graph_target_note(manifest, device, source):
+    """A warning (or None) when ``manifest``'s graphs were made for another device than ``device``:
+    only the T2T soft split differs (Im2Col for the CPU, an AI CPU kernel on Ascend; slices
+    elsewhere, slower on a CPU), so the answers are the same and only the speed suffers."""
+    target = manifest.get("graph_target")
+    family = (manifest.get("architecture") or {}).get("family")
+    if target is None or target == device or family != "t2t":
+        return None
+    return (f"{source}: the graphs were exported for {target} (graph_target) and run on {device}: the answers are "
+            f"the same, the T2T soft split is slower; export again with --graph_target {device} for this device")
 
 
 def bucket_sizes(max_batch):

@@ -74,7 +74,7 @@ def _run(args):
 def main(argv=None):
     from ..contract.digest import ACCEPT_MISMATCH_FLAG
     from ..contract.precision import DEFAULT_PRECISION, PRECISIONS
-    from .writer import GRAPH_TARGETS
+    from ..contract.manifest import GRAPH_TARGETS
 
     parser = cli.argument_parser("dvt_ms.export", __doc__)
     parser.add_argument("config", help="YAML config of the model (when --ckpt lies in a training run's folder, "

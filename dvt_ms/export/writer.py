@@ -14,7 +14,7 @@ import mindspore as ms
 from ..cli import raise_if_stop_requested
 from ..contract.digest import check_bound, model_digest
 from ..contract.yamlio import dump_yaml
-from ..contract.manifest import MANIFEST_NAME, build_manifest, check_manifest, exit_file
+from ..contract.manifest import MANIFEST_NAME, GRAPH_TARGETS, PORTABLE_TARGET, build_manifest, check_manifest, exit_file
 from ..contract.precision import PRECISIONS
 from ..contract.signature import exit_signature
 from ..contract.thresholds import check_thresholds
@@ -31,8 +31,6 @@ EXPORT_FOLDER = OutputFolderKind("an exported model", MANIFEST_NAME, ("exit*.min
 
 LOGGER = logging.getLogger(__name__)
 
-GRAPH_TARGETS = ("Ascend", "GPU", "CPU")
-PORTABLE_TARGET = "Ascend"   # graphs without Im2Col: fast on Ascend and GPU, loadable by MindSpore Lite
 
 # MindSpore dtype of each low precision (float32 needs no conversion).
 _LOW_PRECISION_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
@@ -61,6 +59,8 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
     that is renamed into place at the end."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if graph_target not in GRAPH_TARGETS:
+        raise ValueError(f"graph_target must be one of {', '.join(GRAPH_TARGETS)}, got {graph_target!r}")
     config = model.config
     manifest_path = os.path.join(out_dir, MANIFEST_NAME)
     digest = model_digest(model)    # of the weights as loaded, before any precision conversion
@@ -73,7 +73,7 @@ def export_model(model, out_dir, model_name, preprocess, class_names=None, thres
               "stage_gflops": flops[k]["stage_gflops"], "cumulative_gflops": flops[k]["cumulative_gflops"]}
              for k in range(config.num_exits)]
     manifest = build_manifest(model_name, _plain(dataclasses.asdict(config)), digest, class_names, preprocess,
-                              precision, exits, thresholds)
+                              precision, exits, thresholds, graph_target)
     check_manifest(manifest, manifest_path)   # what deployment will check, before any work
     with staged_directory(out_dir, EXPORT_FOLDER, overwrite) as staging:
         if precision in _LOW_PRECISION_DTYPES:
