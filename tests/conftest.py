@@ -1,7 +1,7 @@
 """Every test runs on CPU in GRAPH_MODE, the mode used on Ascend.
 
-Markers: ``slow`` marks the end-to-end runs (demo, msrun, resume, CLI pipelines); ``-m "not slow"``
-gives the fast set in a minute or two. The golden files live in ``tests/golden`` (see its README).
+Markers: ``slow`` marks training runs, exports and the end-to-end runs (demo, msrun, resume, CLI
+pipelines); ``-m "not slow"`` gives the fast set (forward parity, units, errors) in about two minutes. The golden files live in ``tests/golden`` (see its README).
 """
 import colorsys
 import pathlib

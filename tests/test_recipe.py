@@ -207,6 +207,7 @@ EXIT_TOLERANCE = 1e-4
 TENSOR_TOLERANCE = 5e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(GOLDEN_MODELS))
 def test_ten_adamw_steps_land_on_the_authors_parameters(golden_dir, converted_dir, family):
     """Ten steps of the published AdamW over the golden schedule (warm-up, cosine, cool-down) from

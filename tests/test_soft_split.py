@@ -60,6 +60,7 @@ def test_preset_splits_cover_all_three_exits_and_a_cropped_input():
     assert any(side + 2 * pad > (grid - 1) * stride + kernel for (kernel, stride, pad), side, grid in SPLITS)
 
 
+@pytest.mark.slow
 def test_sliced_soft_split_equals_unfold_forward_and_backward():
     rng = np.random.default_rng(0)
     flat = ms.Tensor(rng.standard_normal(sum(SIZES)).astype(np.float32))
@@ -105,6 +106,7 @@ def test_t2t_golden_logits_hold_through_the_sliced_soft_split(golden_dir, conver
                                    err_msg=f"t2t exit {exit_index + 1}")
 
 
+@pytest.mark.slow
 def test_t2t_parameter_gradients_are_the_same_with_either_soft_split():
     """Through the Performers the soft splits' gradients reach every tokenizer weight alike."""
     images = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32))
@@ -135,8 +137,12 @@ class _SummedLogits(nn.Cell):
         return sum(logits.sum() for logits in self.model(images))
 
 
-@pytest.mark.parametrize("graph_target", ["Ascend", "GPU", "CPU"])
+# GPU graphs are made as Ascend's are (test_only_the_cpu_gets_the_im2col_soft_split).
+@pytest.mark.slow
+@pytest.mark.parametrize("graph_target", ["Ascend", "CPU"])
 def test_exported_t2t_graphs_carry_im2col_only_when_made_for_the_cpu(tmp_path, graph_target):
+    from dvt_ms.contract.manifest import load_manifest
+    from dvt_ms.deploy.engine import graph_target_note
     from dvt_ms.export.writer import export_model
     model = dvt_ms.create_model("dvt_t2t_vit_12", img_size=64, embed_dim=32, depth=1, num_heads=1, token_dim=16,
                                 num_classes=3)
@@ -151,3 +157,19 @@ def test_exported_t2t_graphs_carry_im2col_only_when_made_for_the_cpu(tmp_path, g
             assert b"Im2Col" in content, graph.name
         else:                       # Ascend runs Im2Col on the AI CPU only, and Lite may lack it
             assert b"StridedSlice" in content and b"Im2Col" not in content, graph.name
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest["graph_target"] == graph_target   # deployment can tell which graphs it was given
+    assert graph_target_note(manifest, graph_target, "out") is None
+    elsewhere = "Ascend" if graph_target == "CPU" else "CPU"
+    assert f"exported for {graph_target}" in graph_target_note(manifest, elsewhere, "out")
+
+
+def test_only_the_cpu_gets_the_im2col_soft_split():
+    from dvt_ms.models.tokenizers import T2TTokenizer, use_soft_split_for
+    model = dvt_ms.create_model("dvt_t2t_vit_12", img_size=64, embed_dim=32, depth=1, num_heads=1, token_dim=16,
+                                num_classes=3)
+    tokenizers = [cell for _, cell in model.cells_and_names() if isinstance(cell, T2TTokenizer)]
+    assert len(tokenizers) == 3
+    for device, im2col in (("CPU", True), ("GPU", False), ("Ascend", False)):
+        use_soft_split_for(model, device)
+        assert [t.use_im2col for t in tokenizers] == [im2col] * 3, device

@@ -297,6 +297,7 @@ def _op_types(path):
     return {node.op_type.split("::")[-1].split(":")[0] for graph in graphs for node in graph.node}
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_exported_graphs_use_only_native_ops_and_match_the_model(tmp_path):
     """A model built with every device kernel switched on (CPU kernels, fused GELU) exports graphs of

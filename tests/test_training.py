@@ -116,12 +116,11 @@ def test_resume_auto_after_an_epochs_last_step(image_folder, tmp_path):
     assert [record["run_id"] for record in read_log(tmp_path, "start")] == [run["run_id"]] * 2
 
 
-@pytest.mark.parametrize("family", sorted(TINY_FAMILY))
-def test_mixed_precision_with_dynamic_loss_scale(image_folder, tmp_path, family):
-    """The Ascend/GPU path (float16 O2, dynamic loss scaling, EMA, clipping) also compiles and trains on CPU."""
+def test_mixed_precision_with_dynamic_loss_scale(image_folder, tmp_path):
+    """The Ascend/GPU path (float16 O2, dynamic loss scaling, EMA, clipping) also compiles and trains on
+    CPU. (The t2t family's: test_precision.py, the reported T2T command at 224 px.)"""
     config = tiny_config(image_folder, tmp_path, amp_level="O2", loss_scale_type="dynamic", loss_scale=1024.0,
-                         ema=True, clip_grad_norm=1.0, max_steps=3, epochs=1, val_every_epochs=1,
-                         **TINY_FAMILY[family])
+                         ema=True, clip_grad_norm=1.0, max_steps=3, epochs=1, val_every_epochs=1)
     trainer = Trainer(config)
     assert (trainer.runtime.amp_level, trainer.runtime.loss_scale_type) == ("O2", "dynamic")
     trainer.fit()
@@ -133,9 +132,10 @@ def test_mixed_precision_with_dynamic_loss_scale(image_folder, tmp_path, family)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(TINY_FAMILY))
+@pytest.mark.parametrize("family", ["t2t"])
 def test_msrun_two_workers_keep_identical_weights(image_folder, tmp_path, family):
-    """Every parameter, trained or fixed (the T2T Performers' random features), agrees across ranks."""
+    """Every parameter, trained or fixed (the T2T Performers' random features), agrees across ranks.
+    One family: data parallelism is the same for both; T2T adds the fixed random features."""
     logs = tmp_path / "msrun_logs"
     settings = {**TINY, **TINY_FAMILY[family], "batch_size": 4, "epochs": 1}
     result = run_script("configs/tiny_cpu.yaml", "--num_devices", 2, "--master_port", free_port(),
