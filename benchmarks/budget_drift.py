@@ -164,6 +164,14 @@ def main():
         print(f"accuracy vs the table's prediction for the row in use: before the drift "
               + ", ".join(f"{gap:+.2f}" for gap in calm_gap) + " points; under drift every setting loses accuracy "
               "(the last exit alone too: see its column)")
+        # What the table can predict under drift: the accuracy a move along it costs, against the fixed
+        # row's on the same images (both lose what the drift costs).
+        start_accuracy = controller.rows[controller.start_row]["calibration_accuracy"]
+        move_gap = [(w["accuracy"] - fixed_accuracy[i]) - (w["row_calibration_accuracy"] - start_accuracy)
+                    for i, w in enumerate(held["windows"])]
+        print("accuracy the controller's moves cost (controlled - fixed) minus what the table predicts for them "
+              "(row in use - start row), per window: " + ", ".join(f"{gap:+.2f}" for gap in move_gap)
+              + f" points; largest {max(abs(g) for g in move_gap):.2f}")
 
         calm_indices, _ = stream_indices(difficulties, args.windows, args.window, args.calm, args.hardest_beta,
                                          args.seed, drift=False)
