@@ -49,6 +49,7 @@ def test_engine_agrees_with_offline_evaluation(demo_run):
         assert engine["accuracy"] == pytest.approx(offline["validation_accuracy"], abs=1e-9)
         np.testing.assert_allclose(engine["exit_shares"], offline["validation_exit_shares"], atol=1e-12)
         assert engine["images"] == 8 * 8 and not engine["skipped"]
+        assert engine["measured_speedup"] > 0   # the demo times the engine against every exit (--compare)
 
 
 def test_summary_headline_is_one_of_the_engine_runs_with_its_cost_from_the_exit_shares(demo_run):
