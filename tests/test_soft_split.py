@@ -142,7 +142,7 @@ class _SummedLogits(nn.Cell):
 @pytest.mark.parametrize("graph_target", ["Ascend", "CPU"])
 def test_exported_t2t_graphs_carry_im2col_only_when_made_for_the_cpu(tmp_path, graph_target):
     from dvt_ms.contract.manifest import load_manifest
-    from dvt_ms.deploy.engine import graph_target_note
+    from dvt_ms.deploy.engine import warn_if_made_for_another_device
     from dvt_ms.export.writer import export_model
     model = dvt_ms.create_model("dvt_t2t_vit_12", img_size=64, embed_dim=32, depth=1, num_heads=1, token_dim=16,
                                 num_classes=3)
@@ -159,9 +159,9 @@ def test_exported_t2t_graphs_carry_im2col_only_when_made_for_the_cpu(tmp_path, g
             assert b"StridedSlice" in content and b"Im2Col" not in content, graph.name
     manifest = load_manifest(tmp_path / "out")
     assert manifest["graph_target"] == graph_target   # deployment can tell which graphs it was given
-    assert graph_target_note(manifest, graph_target, "out") is None
+    assert warn_if_made_for_another_device(manifest, graph_target, "out") is None
     elsewhere = "Ascend" if graph_target == "CPU" else "CPU"
-    assert f"exported for {graph_target}" in graph_target_note(manifest, elsewhere, "out")
+    assert f"exported for {graph_target}" in warn_if_made_for_another_device(manifest, elsewhere, "out")
 
 
 def test_only_the_cpu_gets_the_im2col_soft_split():

@@ -17,8 +17,8 @@ from .signature import TENSOR_FIELDS, signature_problems
 from .thresholds import thresholds_problems
 from .yamlio import read_yaml
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "GRAPH_TARGETS", "PORTABLE_TARGET", "exit_file", "build_manifest", "load_manifest", "check_manifest",
-           "manifest_problems"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "GRAPH_TARGETS", "PORTABLE_TARGET", "exit_file", "build_manifest",
+           "load_manifest", "check_manifest", "manifest_problems"]
 
 MANIFEST_NAME = "manifest.yaml"
 MANIFEST_FORMAT = "dvt-ms-mindir/1"
@@ -41,8 +41,8 @@ _EXIT_FIELDS = (
 
 def _manifest_fields(num_exits, num_classes):
     """The manifest's fields, list lengths set by its ``num_exits`` and ``num_classes`` (None if
-    those are invalid themselves). architecture, digest, precision and graph_target may be absent: manifests
-    written before they existed."""
+    those are invalid themselves). architecture, digest, precision and graph_target may be absent:
+    manifests written before they existed."""
     return (
         Field("format", "str", required=True, choices=(MANIFEST_FORMAT,)),
         Field("model", "str", required=True, doc="the preset exported"),

@@ -16,8 +16,8 @@ from .digest import DIGEST_FIELDS, check_bound, digest_problems
 from .exit_rule import ALWAYS
 from .yamlio import dump_yaml, read_yaml
 
-__all__ = ["THRESHOLDS_NAME", "ROW_KEYS", "select_row", "thresholds_document", "dump_thresholds",
-           "thresholds_from_published", "read_thresholds", "thresholds_fields", "thresholds_problems",
+__all__ = ["THRESHOLDS_NAME", "ROW_KEYS", "select_row", "budget_problem", "accuracy_problem", "thresholds_document",
+           "dump_thresholds", "thresholds_from_published", "read_thresholds", "thresholds_fields", "thresholds_problems",
            "check_thresholds", "load_thresholds", "choose_thresholds"]
 
 THRESHOLDS_NAME = "thresholds.yaml"
@@ -56,17 +56,20 @@ def thresholds_fields(num_exits):
     )
 
 
-def request_problem(name, value):
-    """What is wrong with a requested budget or target accuracy (None: nothing): the one wording of
-    the command line's early check and of ``select_row``. ``name``: ``budget`` or ``accuracy`` with
-    any prefix (``--budget``)."""
-    if value is None:
-        return None
-    valid = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if name.lstrip("-").endswith("budget"):
-        if not (valid and value > 0):
-            return f"{name} must be a positive number of GFLOPs per image, got {value}"
-    elif not valid:
+def _is_finite_number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# What is wrong with a requested budget / target accuracy called ``name`` (None: nothing): the one
+# wording of the command line's early check (``--budget``) and of ``select_row`` (``budget``).
+def budget_problem(name, value):
+    if value is not None and not (_is_finite_number(value) and value > 0):
+        return f"{name} must be a positive number of GFLOPs per image, got {value}"
+    return None
+
+
+def accuracy_problem(name, value):
+    if value is not None and not _is_finite_number(value):
         return f"{name} must be a finite top-1 percentage, got {value}"
     return None
 
@@ -84,10 +87,9 @@ def select_row(rows, budget_gflops=None, target_accuracy=None, source="the budge
         raise ManifestError(f"{source} has no budget table; pass --thresholds or calibrate with run_eval.sh")
     if budget_gflops is not None and target_accuracy is not None:
         raise ValueError("give a budget or a target accuracy, not both")
-    for name, value in (("budget", budget_gflops), ("target accuracy", target_accuracy)):
-        problem = request_problem(name, value)
-        if problem:
-            raise ManifestError(problem)
+    problem = budget_problem("budget", budget_gflops) or accuracy_problem("target accuracy", target_accuracy)
+    if problem:
+        raise ManifestError(problem)
     if target_accuracy is not None:
         reaching = [row for row in rows if row["calibration_accuracy"] >= target_accuracy]
         if not reaching:

@@ -16,14 +16,14 @@ import time
 from .. import cli
 from ..contract.digest import ACCEPT_MISMATCH_FLAG
 from ..contract.manifest import load_manifest
-from ..contract.thresholds import request_problem
+from ..contract.thresholds import accuracy_problem, budget_problem
 from ..device import set_float32_precision, use_device
 from ..errors import InferenceError
 from ..fileio import atomic_write_text, check_distinct_outputs, check_output_file
 from .classifier import select_exit_thresholds, thresholds_of
 from .controller import DEFAULT_WINDOW, BudgetController
 from .deadline import DeadlinePolicy, measure_exit_seconds
-from .engine import EarlyExitEngine, graph_target_note
+from .engine import EarlyExitEngine, warn_if_made_for_another_device
 from .infer import (ANSWERS_SHOWN, RESULTS_FILE, SUMMARY_FILE, collect_images, format_answers, format_summary,
                     labels_in_model_order, run_inference, write_results)
 
@@ -49,10 +49,11 @@ def _check_options(args):
                              f"got {args.batch_size}")
     if args.window < 8:
         raise InferenceError(f"--window must be at least 8 images, got {args.window}")
-    for name in ("budget", "hold_budget", "accuracy"):   # before any work, in the selection rule's words
-        problem = request_problem(f"--{name}", getattr(args, name))
-        if problem:
-            raise InferenceError(problem)
+    # before any work, in the selection rule's words
+    problem = (budget_problem("--budget", args.budget) or budget_problem("--hold_budget", args.hold_budget)
+               or accuracy_problem("--accuracy", args.accuracy))
+    if problem:
+        raise InferenceError(problem)
     if args.top_k < 1:
         raise InferenceError(f"--top_k must be at least 1, got {args.top_k}")
 
@@ -73,9 +74,7 @@ def _run(args):
     labels = labels_in_model_order(labels, folder_names, manifest.get("class_names"), ", ".join(args.inputs))
     device = use_device(args.device_target).device
     set_float32_precision(device, args.fast_float32)
-    note = graph_target_note(manifest, device, args.model)
-    if note:
-        LOGGER.warning(note)
+    warn_if_made_for_another_device(manifest, device, args.model)
     engine = EarlyExitEngine(args.model, manifest, max_batch=args.batch_size, num_images=len(paths))
     begin = time.perf_counter()
     engine.warm_up()

@@ -13,7 +13,6 @@ the manifest's, a thresholds file's (bound to the exported weights, as on the co
 the calibrated row the contract's selection rule picks for a budget or a target accuracy.
 """
 import dataclasses
-import logging
 import os
 from typing import Tuple
 
@@ -22,10 +21,8 @@ import numpy as np
 from ..contract.manifest import MANIFEST_NAME, load_manifest
 from ..contract.thresholds import choose_thresholds, load_thresholds
 from ..errors import InferenceError
-from .engine import EarlyExitEngine, graph_target_note
+from .engine import EarlyExitEngine, warn_if_made_for_another_device
 from .preprocess import Preprocessor, UnreadableImageError
-
-LOGGER = logging.getLogger(__name__)
 
 __all__ = ["Answer", "Classifier", "select_exit_thresholds"]
 
@@ -83,9 +80,7 @@ class Classifier:
         self.exit_thresholds, self.selected_row, self.thresholds_source = select_exit_thresholds(
             model_dir, manifest, thresholds, budget, accuracy, accept_thresholds_mismatch)
         self.device = use_device(device_target).device
-        note = graph_target_note(manifest, self.device, model_dir)
-        if note:
-            LOGGER.warning(note)
+        warn_if_made_for_another_device(manifest, self.device, model_dir)
         self.engine = EarlyExitEngine(model_dir, manifest, max_batch=batch_size)
         self.preprocess = Preprocessor(manifest["preprocess"])
         self.class_names = manifest.get("class_names")

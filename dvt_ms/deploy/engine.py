@@ -22,7 +22,7 @@ from ..contract.exit_rule import accepts, softmax, top_classes
 from ..contract.manifest import load_manifest
 from ..errors import ManifestError
 
-__all__ = ["bucket_sizes", "choose_batch_size", "graph_target_note", "EarlyExitEngine", "EarlyExitRun"]
+__all__ = ["bucket_sizes", "choose_batch_size", "warn_if_made_for_another_device", "EarlyExitEngine", "EarlyExitRun"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -35,16 +35,19 @@ LARGEST_BATCH = 1024
 REUSE_BYTES_PER_CALL = 512 * 2 ** 20
 
 
-def graph_target_note(manifest, device, source):
-    """A warning (or None) when ``manifest``'s graphs were made for another device than ``device``:
-    only the T2T soft split differs (Im2Col for the CPU, an AI CPU kernel on Ascend; slices
-    elsewhere, slower on a CPU), so the answers are the same and only the speed suffers."""
+def warn_if_made_for_another_device(manifest, device, source):
+    """Log (and return) a warning when ``manifest``'s graphs were made for another device than
+    ``device``; None when they fit. Only the T2T soft split differs (Im2Col for the CPU, an AI CPU
+    kernel on Ascend; slices elsewhere, slower on a CPU), so the answers are the same and only the
+    speed suffers."""
     target = manifest.get("graph_target")
     family = (manifest.get("architecture") or {}).get("family")
     if target is None or target == device or family != "t2t":
         return None
-    return (f"{source}: the graphs were exported for {target} (graph_target) and run on {device}: the answers are "
-            f"the same, the T2T soft split is slower; export again with --graph_target {device} for this device")
+    warning = (f"{source}: the graphs were exported for {target} (graph_target) and run on {device}: the answers "
+               f"are the same, the T2T soft split is slower; export again with --graph_target {device} for this device")
+    LOGGER.warning(warning)
+    return warning
 
 
 def bucket_sizes(max_batch):

@@ -14,7 +14,8 @@ import mindspore as ms
 from ..cli import raise_if_stop_requested
 from ..contract.digest import check_bound, model_digest
 from ..contract.yamlio import dump_yaml
-from ..contract.manifest import MANIFEST_NAME, GRAPH_TARGETS, PORTABLE_TARGET, build_manifest, check_manifest, exit_file
+from ..contract.manifest import (GRAPH_TARGETS, MANIFEST_NAME, PORTABLE_TARGET, build_manifest, check_manifest,
+                                 exit_file)
 from ..contract.precision import PRECISIONS
 from ..contract.signature import exit_signature
 from ..contract.thresholds import check_thresholds
@@ -30,7 +31,6 @@ __all__ = ["EXPORT_FOLDER", "export_model"]
 EXPORT_FOLDER = OutputFolderKind("an exported model", MANIFEST_NAME, ("exit*.mindir", MANIFEST_NAME))
 
 LOGGER = logging.getLogger(__name__)
-
 
 # MindSpore dtype of each low precision (float32 needs no conversion).
 _LOW_PRECISION_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
