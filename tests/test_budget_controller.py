@@ -224,3 +224,18 @@ def test_exit_times_are_measured_through_the_engine_at_batch_size_one():
     engine = ReplayEngine(logits, EXIT_COST, max_batch=1, exit_seconds=lambda k, index: EXIT_SECONDS[k], clock=clock)
     seconds = measure_exit_seconds(engine, repeats=5, clock=clock)
     assert [np.mean(s) for s in seconds] == pytest.approx(EXIT_SECONDS)
+
+
+def test_exit_times_leave_out_the_slow_first_calls_after_compiling():
+    logits, _ = scripted_logits(np.full(4, 0.5), seed=14)
+    calls = [0] * len(EXIT_SECONDS)
+
+    def exit_seconds(k, index):     # the first three calls of every exit take ten times as long
+        calls[k] += 1
+        return EXIT_SECONDS[k] * (10 if calls[k] <= 3 else 1)
+
+    clock = ManualClock()
+    engine = ReplayEngine(logits, EXIT_COST, max_batch=1, exit_seconds=exit_seconds, clock=clock)
+    seconds = measure_exit_seconds(engine, repeats=5, burn_in=3, clock=clock)
+    assert [len(s) for s in seconds] == [5] * len(EXIT_SECONDS)
+    assert [max(s) for s in seconds] == pytest.approx(EXIT_SECONDS)

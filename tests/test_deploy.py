@@ -454,19 +454,21 @@ def _manifest_with(stage_gflops, reuse_shape=(5, 4)):
     return {"exits": exits}
 
 
-def test_batch_size_grows_as_the_model_shrinks_and_never_exceeds_what_the_inputs_need():
+def test_batch_size_grows_as_the_model_shrinks_and_leaves_exit_one_at_least_two_calls():
     from dvt_ms.deploy.engine import CALL_GMACS, LARGEST_BATCH, choose_batch_size
     preset = _manifest_with([1.1429, 2.5139, 5.2315])          # DeiT-S's stages
     assert choose_batch_size(preset) == 16 and 16 * 1.1429 >= CALL_GMACS > 8 * 1.1429
     assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011])) == LARGEST_BATCH   # the demo's
-    assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=300) == 512
+    assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=1200) == 512
+    assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=300) == 256   # 150 -> 256
+    assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=256) == 128
     assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=1) == 1
     # reuse tensors of 64 MiB per image: a batch's worth stays within REUSE_BYTES_PER_CALL (512 MiB)
     assert choose_batch_size(_manifest_with([0.001], reuse_shape=(16, 2 ** 20))) == 8
 
 
 def test_engine_without_a_batch_size_chooses_one_for_its_inputs(exported):
-    engine = EarlyExitEngine(str(exported[2]), num_images=3)
+    engine = EarlyExitEngine(str(exported[2]), num_images=7)
     assert engine.max_batch == 4 and engine.buckets == [1, 2, 4]
 
 

@@ -52,17 +52,19 @@ class _ExitTimer:
         return answered
 
 
-def measure_exit_seconds(engine, repeats=100, clock=time.perf_counter):
+def measure_exit_seconds(engine, repeats=100, burn_in=10, clock=time.perf_counter):
     """Each exit's time per image at batch size 1 on this machine (lists, one per exit): ``repeats``
-    zero images through every exit of a real ``EarlyExitRun`` (no exit answers before the last).
-    A hundred, so that the 99th percentile is not the one slowest call: an exit whose forecast is
-    too slow is not run, so its forecast is not corrected until it runs again."""
+    zero images through every exit of a real ``EarlyExitRun`` (no exit answers before the last),
+    after ``burn_in`` images whose times are dropped. A hundred, so that the 99th percentile is not
+    the one slowest call, and a burn-in, because the first calls after compiling are the slowest
+    (memory being allocated: up to twice the median here): an exit whose forecast is too slow is
+    not run, so its forecast is not corrected until it runs again."""
     timer = _ExitTimer([NEVER] * (engine.num_exits - 1) + [ALWAYS], clock)
     run = engine.run(timer.thresholds, 1, policy=timer)
     image = np.zeros((1,) + engine.image_shape, np.float32)
-    for _ in range(repeats):
+    for _ in range(burn_in + repeats):
         run.push(image)
-    return timer.seconds
+    return [seconds[burn_in:] for seconds in timer.seconds]
 
 
 class DeadlinePolicy(_ExitTimer):

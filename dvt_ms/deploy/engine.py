@@ -30,7 +30,10 @@ LOGGER = logging.getLogger(__name__)
 # and so do the few tensor operations the engine runs between exits; a call that carries at least
 # this many GMACs of its stage keeps them a few percent of the work on a CPU and below that on a device.
 CALL_GMACS = 16.0
-LARGEST_BATCH = 1024
+# Beyond this the work per call no longer grows cheaper, and the late exits, which see a share of
+# the images, run fewer and more padded calls: on the demo model (1200 images, CPU) 512 delivered
+# 0.94-0.99 of the FLOPs-predicted speedup, 1024 0.72-0.96 (docs/performance.md).
+LARGEST_BATCH = 512
 # The reuse tensors an exit hands on, per call: they wait in front of the next exit.
 REUSE_BYTES_PER_CALL = 512 * 2 ** 20
 
@@ -66,15 +69,16 @@ def _power_of_two_at_least(value):
 def choose_batch_size(manifest, num_images=None):
     """Images per exit call for ``num_images`` inputs (None: a stream of unknown length) of the
     model ``manifest`` describes: a power of two large enough that a call of its cheapest exit
-    carries ``CALL_GMACS`` (small models need large batches, full presets 16-64), no larger than the
-    inputs need, and small enough that the reuse tensors of one call stay within ``REUSE_BYTES_PER_CALL``."""
+    carries ``CALL_GMACS`` (small models need large batches, full presets 16-64), at most half the
+    inputs (rounded up to a power of two: exit 1 runs at least two calls, so a later exit is not left
+    one padded remainder), and small enough that the reuse tensors of one call stay within ``REUSE_BYTES_PER_CALL``."""
     exits = manifest["exits"]
     wanted = _power_of_two_at_least(CALL_GMACS / max(min(info["stage_gflops"] for info in exits), 1e-9))
     reuse_bytes = max(4 * sum(int(np.prod(item["shape"][1:])) for item in info["outputs"][1:]) for info in exits)
     memory_cap = 1 << int(np.floor(np.log2(max(REUSE_BYTES_PER_CALL // max(reuse_bytes, 1), 1))))
     batch = min(wanted, memory_cap, LARGEST_BATCH)
     if num_images is not None:
-        batch = min(batch, _power_of_two_at_least(num_images))
+        batch = min(batch, _power_of_two_at_least(-(-num_images // 2)))
     return max(batch, 1)
 
 
