@@ -1,7 +1,7 @@
 """Early exit under drifting inputs: fixed thresholds vs the budget controller, and the deadline.
 
     python benchmarks/budget_drift.py --mindir OUT/mindir [--budget G] [--window 4096] [--windows 12]
-                                      [--plot docs/budget_drift.png]
+                                      [--more_streams N] [--plot docs/budget_drift.png]
 
 ``OUT`` is a demo run (``bash scripts/run_demo.sh OUT``): its exported model carries the calibrated
 budget table. The stream is rendered by the demo's own generator (``dvt_ms.demo.dataset``), whose
@@ -21,7 +21,8 @@ Two kinds of figures, labelled as such in the output:
   - fixed thresholds (the row ``--budget G`` picks) vs ``--hold_budget G``: cost per window and its
     error against the target, accuracy per window beside the table's calibration accuracy of the
     row in use and the last exit alone's accuracy on the same window (what the drift itself costs);
-  - the same controller on a stream without drift: its switches (there should be none).
+  - the same controller on a stream without drift: its switches (there should be none);
+  - with ``--more_streams N``, the same two on N more streams drawn from the same pool: one line each.
 * **end to end** (MindIR engine on the PNG files, ``run_inference`` as ``run_infer.sh`` calls it):
   - ``--hold_budget G`` on the first ``--end_to_end_windows`` windows of the stream: window costs, and
     how many images got the same exit as in the replay;
@@ -95,6 +96,22 @@ def per_window(values, window):
     return np.array([np.mean(values[start:start + window]) for start in range(0, len(values), window)])
 
 
+def _other_stream(pool_logits, difficulties, gflops, document, budget, start, args, seed):
+    """One line on another stream drawn from the same pool (stream seed ``seed``), with and without drift."""
+    line = [f"stream seed {seed}:"]
+    for drift in (True, False):
+        indices, _ = stream_indices(difficulties, args.windows, args.window, args.calm, args.hardest_beta, seed, drift)
+        controller = BudgetController.from_document(document, gflops, budget, args.mindir, window=args.window)
+        fixed_exits, _, _ = replay(pool_logits[:, indices], gflops, start)
+        replay(pool_logits[:, indices], gflops, start, controller)
+        errors = np.array([w["error"] for w in controller.summary()["windows"]])
+        fixed_errors = per_window(np.asarray(gflops)[fixed_exits], args.window) / controller.target - 1
+        line.append(f"{'drift' if drift else 'no drift'}: fixed {100 * fixed_errors.max():+.1f}% at most, controller "
+                    f"{int((np.abs(errors) <= 0.05).sum())}/{len(errors)} windows within +/-5% (largest "
+                    f"{100 * np.abs(errors).max():.1f}%), {len(controller.switches)} switches;")
+    return " ".join(line)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mindir", required=True, help="an exported demo model (with its thresholds)")
@@ -105,6 +122,8 @@ def main():
     parser.add_argument("--hardest_beta", type=float, default=1.0, help="Beta(1, b) at the stream's end")
     parser.add_argument("--pool", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--more_streams", type=int, default=0,
+                        help="replay this many more streams of the same pool (stream seeds after --seed): one line each")
     parser.add_argument("--end_to_end_windows", type=int, default=2, help="windows run end to end (the first decides)")
     parser.add_argument("--deadline_ms", type=float)
     parser.add_argument("--deadline_images", type=int, default=500)
@@ -181,6 +200,9 @@ def main():
         calm_errors = [w["error"] for w in calm_summary["windows"]]
         print(f"no drift (Beta(1, 2.5) throughout, same length): {len(calm_summary['switches'])} switches; window "
               f"cost errors {min(calm_errors) * 100:+.1f}% .. {max(calm_errors) * 100:+.1f}%")
+
+        for seed in range(args.seed + 1, args.seed + 1 + args.more_streams):
+            print(_other_stream(pool_logits, difficulties, gflops, document, budget, start, args, seed))
 
         if args.plot:
             windows = np.arange(1, len(fixed_cost) + 1)
