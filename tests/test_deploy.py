@@ -29,6 +29,7 @@ from dvt_ms.deploy.deadline import DeadlinePolicy, measure_exit_seconds
 from dvt_ms.deploy.engine import EarlyExitEngine, EarlyExitRun, bucket_sizes
 from dvt_ms.deploy.infer import collect_images, run_inference
 from dvt_ms.deploy.preprocess import Preprocessor
+from dvt_ms.errors import InferenceError
 from dvt_ms.export.writer import export_model
 from helpers import GOLDEN_MODELS, converted_golden_model
 
@@ -458,6 +459,7 @@ def test_batch_size_grows_as_the_model_shrinks_and_leaves_exit_one_at_least_two_
     from dvt_ms.deploy.engine import CALL_GMACS, LARGEST_BATCH, choose_batch_size
     preset = _manifest_with([1.1429, 2.5139, 5.2315])          # DeiT-S's stages
     assert choose_batch_size(preset) == 16 and 16 * 1.1429 >= CALL_GMACS > 8 * 1.1429
+    assert choose_batch_size(_manifest_with([0.4677, 0.9877, 2.0589])) == 32                # T2T-12's
     assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011])) == LARGEST_BATCH   # the demo's
     assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=1200) == 512
     assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=300) == 256   # 150 -> 256
@@ -465,6 +467,24 @@ def test_batch_size_grows_as_the_model_shrinks_and_leaves_exit_one_at_least_two_
     assert choose_batch_size(_manifest_with([0.001, 0.003, 0.011]), num_images=1) == 1
     # reuse tensors of 64 MiB per image: a batch's worth stays within REUSE_BYTES_PER_CALL (512 MiB)
     assert choose_batch_size(_manifest_with([0.001], reuse_shape=(16, 2 ** 20))) == 8
+
+
+def test_running_out_of_memory_at_warm_up_names_the_exit_and_the_batch_size(exported, monkeypatch):
+    engine = EarlyExitEngine(str(exported[2]), max_batch=4)
+    message = ("----------------------------------------------------\n- Framework Error Message:\n"
+               "----------------------------------------------------\nMemory not enough: alloc failed, kernel name: "
+               "Default/Erf-op451, alloc size: 376049664B.\n- C++ Call Stack: (For framework developers)")
+
+    def call_exit(k, images, reused):
+        if k == 2 and images.shape[0] == 4:
+            raise RuntimeError(message)
+        return original(k, images, reused)
+
+    original = engine.call_exit
+    monkeypatch.setattr(engine, "call_exit", call_exit)
+    with pytest.raises(InferenceError, match=r"exit3\.mindir: out of memory at batch size 4 \(Memory not "
+                                             r"enough: alloc failed.*\).*smaller --batch_size"):
+        engine.warm_up()
 
 
 def test_engine_without_a_batch_size_chooses_one_for_its_inputs(exported):

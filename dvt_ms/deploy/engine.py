@@ -20,7 +20,7 @@ import numpy as np
 
 from ..contract.exit_rule import accepts, softmax, top_classes
 from ..contract.manifest import load_manifest
-from ..errors import ManifestError
+from ..errors import InferenceError, ManifestError
 
 __all__ = ["bucket_sizes", "choose_batch_size", "warn_if_made_for_another_device", "EarlyExitEngine", "EarlyExitRun"]
 
@@ -28,8 +28,10 @@ LOGGER = logging.getLogger(__name__)
 
 # A graph call has a fixed cost (dispatch, input and output copies: ~1 ms on a CPU whatever its size)
 # and so do the few tensor operations the engine runs between exits; a call that carries at least
-# this many GMACs of its stage keeps them a few percent of the work on a CPU and below that on a device.
-CALL_GMACS = 16.0
+# this many GMACs of its stage keeps them about 1 % of the work on a CPU and below that on a device.
+# Not more: activations grow with the batch (T2T-12's exit 3 peaks at 7.4 GB resident at batch 32,
+# 13.8 GB at 64, on a CPU), and the batch doubles past the first power of two that carries it.
+CALL_GMACS = 12.0
 # Beyond this the work per call no longer grows cheaper, and the late exits, which see a share of
 # the images, run fewer and more padded calls: on the demo model (1200 images, CPU) 512 delivered
 # 0.94-0.99 of the FLOPs-predicted speedup, 1024 0.72-0.96 (docs/performance.md).
@@ -69,7 +71,7 @@ def _power_of_two_at_least(value):
 def choose_batch_size(manifest, num_images=None):
     """Images per exit call for ``num_images`` inputs (None: a stream of unknown length) of the
     model ``manifest`` describes: a power of two large enough that a call of its cheapest exit
-    carries ``CALL_GMACS`` (small models need large batches, full presets 16-64), at most half the
+    carries ``CALL_GMACS`` (small models need large batches, full presets 16-32), at most half the
     inputs (rounded up to a power of two: exit 1 runs at least two calls, so a later exit is not left
     one padded remainder), and small enough that the reuse tensors of one call stay within ``REUSE_BYTES_PER_CALL``."""
     exits = manifest["exits"]
@@ -118,8 +120,16 @@ def _load_graph(path):
 
 
 def _first_line(err):
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The first line of ``err`` that says something (MindSpore's messages can start with rules of
+    dashes and "- Section:" headings)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    return next((line for line in lines if any(c.isalnum() for c in line) and not line.startswith("- ")),
+                type(err).__name__)
+
+
+def _is_out_of_memory(err):
+    text = str(err).lower()
+    return "memory not enough" in text or ("memory" in text and "alloc" in text and "fail" in text)
 
 
 class EarlyExitEngine:
@@ -166,6 +176,9 @@ class EarlyExitEngine:
                 try:
                     reused = tuple(self.call_exit(k, images, reused)[1:])
                 except (RuntimeError, TypeError, ValueError) as err:
+                    if _is_out_of_memory(err):
+                        raise InferenceError(f"{self.files[k]}: out of memory at batch size {bucket} "
+                                             f"({_first_line(err)}); a smaller --batch_size needs less") from None
                     raise ManifestError(f"{self.files[k]}: the graph does not take the inputs manifest.yaml "
                                         f"gives it ({len(reused) + 1} tensors, images {tuple(images.shape)}): "
                                         f"{_first_line(err)}") from None
