@@ -246,7 +246,9 @@ def main():
               f"{100 * result['answered_by_deadline']:.1f}%, at the last exit {100 * result['answered_at_last_exit']:.1f}%; "
               f"latency p50 {result['latency_ms']['p50']:.2f} / p95 {result['latency_ms']['p95']:.2f} / p99 "
               f"{result['latency_ms']['p99']:.2f} ms (p99 - D = {result['p99_over_deadline_ms']:+.2f} ms, "
-              f"{100 * result['over_deadline_share']:.1f}% over D); accuracy {summary['accuracy']:.2f}%")
+              f"{100 * result['over_deadline_share']:.1f}% over D); accuracy {summary['accuracy']:.2f}%; exits answering "
+              f"{', '.join(f'{100 * share:.1f}%' for share in result['exit_shares'])}; exit time forecasts at the end "
+              f"{', '.join(f'{ms:.2f}' for ms in result['exit_ms_forecast_at_end'])} ms")
 
 
 if __name__ == "__main__":

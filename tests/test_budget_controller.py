@@ -168,11 +168,11 @@ EXIT_SECONDS = [1 / 64, 1 / 32, 1 / 16]     # 15.625, 31.25 and 62.5 ms: sums ar
 NEVER_BEFORE_LAST = [float(search.NEVER)] * 2 + [float(search.ALWAYS)]
 
 
-def deadline_run(logits, deadline_ms, thresholds, exit_seconds):
+def deadline_run(logits, deadline_ms, thresholds, exit_seconds, **options):
     """Stream ``logits`` one image at a time with scripted exit times: (exits, policy, latencies ms)."""
     clock = ManualClock()
     engine = ReplayEngine(logits, EXIT_COST, max_batch=1, exit_seconds=exit_seconds, clock=clock)
-    policy = DeadlinePolicy(deadline_ms, thresholds, [[s] for s in EXIT_SECONDS], clock=clock)
+    policy = DeadlinePolicy(deadline_ms, thresholds, [[s] for s in EXIT_SECONDS], clock=clock, **options)
     run = engine.run(thresholds, 1, policy)
     latencies = []
     for index in range(logits.shape[1]):
@@ -218,6 +218,18 @@ def test_deadline_relearns_exit_times_as_the_machine_slows_down():
     assert policy.summary()["exit_ms_forecast_at_end"][1] == 3 * 31.25
 
 
+def test_deadline_runs_an_exit_again_once_its_slow_times_are_history():
+    """One stray slow call of exit 2 (image 50) makes its forecast miss the deadline, so exit 2 stops
+    running and is not re-measured; once image 50 is more than ``history`` images back, the forecast
+    is the warm-up's again and exit 2 runs again."""
+    logits, _ = scripted_logits(np.full(200, 0.5), seed=13)
+    exit_seconds = lambda k, index: EXIT_SECONDS[k] * (3 if k == 1 and index == 50 else 1)
+    exits, policy, latencies = deadline_run(logits, 50, NEVER_BEFORE_LAST, exit_seconds, history=64)
+    assert (exits[:51] == 1).all() and (exits[51:114] == 0).all() and (exits[114:] == 1).all()
+    assert np.flatnonzero(latencies > 50).tolist() == [50]
+    assert policy.summary()["exit_ms_forecast_at_end"][1] == 31.25
+
+
 def test_exit_times_are_measured_through_the_engine_at_batch_size_one():
     logits, _ = scripted_logits(np.full(4, 0.5), seed=14)
     clock = ManualClock()
@@ -236,6 +248,17 @@ def test_exit_times_leave_out_the_slow_first_calls_after_compiling():
 
     clock = ManualClock()
     engine = ReplayEngine(logits, EXIT_COST, max_batch=1, exit_seconds=exit_seconds, clock=clock)
-    seconds = measure_exit_seconds(engine, repeats=5, burn_in=3, clock=clock)
+    seconds = measure_exit_seconds(engine, repeats=5, burn_in=3, seconds=0.0, clock=clock)
     assert [len(s) for s in seconds] == [5] * len(EXIT_SECONDS)
     assert [max(s) for s in seconds] == pytest.approx(EXIT_SECONDS)
+
+
+def test_exit_times_are_measured_for_a_time_budget_up_to_the_forecasts_history():
+    from dvt_ms.deploy.deadline import HISTORY
+    logits, _ = scripted_logits(np.full(4, 0.5), seed=14)
+    for image_seconds, expected in ((1e-3, HISTORY), (0.5, 10)):   # 256 images in 2 s; 10 take 5 s
+        clock = ManualClock()
+        engine = ReplayEngine(logits, EXIT_COST, max_batch=1, clock=clock,
+                              exit_seconds=lambda k, index: image_seconds / len(EXIT_COST))
+        seconds = measure_exit_seconds(engine, repeats=10, seconds=2.0, clock=clock)
+        assert [len(s) for s in seconds] == [expected] * len(EXIT_COST)

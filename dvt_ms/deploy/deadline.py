@@ -3,9 +3,13 @@
 Every image gets the answer of the deepest exit that finishes within ``deadline_ms`` of its push,
 unless an earlier exit is confident enough (the calibrated thresholds still apply). After exit k
 the policy asks: would exit k+1 end within the deadline? It forecasts exit k+1's time as a high
-quantile (``quantile``, default the 99th percentile) of its recent times (the last ``history``
-calls), measured at warm-up (``measure_exit_seconds``) and re-measured on every image, so a slower
-machine or a busier one moves the forecast with it. If not, exit k answers: "by the deadline".
+quantile (``quantile``, default the 99th percentile) of its times on the last ``history`` images
+it ran on among the last ``history`` images of the stream, pooled with its warm-up times
+(``measure_exit_seconds``) while those are fewer than ``MIN_RECENT``. So a slower machine or a busier
+one moves the forecast with it, and a forecast raised by a few slow calls comes back down: an exit
+the forecast keeps from running is not re-measured, but after ``history`` images its slow times
+are forgotten, the warm-up's speak again, and it runs (and is measured) again. If exit k+1 would
+not end in time, exit k answers: "by the deadline".
 
 An exit's time here is what the image spends from the end of the previous exit's decision to the
 end of this one's: the graph call, reading the logits back, the softmax and the bookkeeping. What
@@ -25,6 +29,7 @@ from ..errors import InferenceError
 __all__ = ["DeadlinePolicy", "measure_exit_seconds", "format_deadline_summary"]
 
 HISTORY = 256
+MIN_RECENT = 20
 
 
 class _ExitTimer:
@@ -52,19 +57,25 @@ class _ExitTimer:
         return answered
 
 
-def measure_exit_seconds(engine, repeats=100, burn_in=10, clock=time.perf_counter):
-    """Each exit's time per image at batch size 1 on this machine (lists, one per exit): ``repeats``
-    zero images through every exit of a real ``EarlyExitRun`` (no exit answers before the last),
-    after ``burn_in`` images whose times are dropped. A hundred, so that the 99th percentile is not
-    the one slowest call, and a burn-in, because the first calls after compiling are the slowest
-    (memory being allocated: up to twice the median here): an exit whose forecast is too slow is
-    not run, so its forecast is not corrected until it runs again."""
+def measure_exit_seconds(engine, repeats=100, burn_in=10, seconds=2.0, clock=time.perf_counter):
+    """Each exit's time per image at batch size 1 on this machine (lists, one per exit): zero images
+    through every exit of a real ``EarlyExitRun`` (no exit answers before the last), after
+    ``burn_in`` images whose times are dropped (the first calls after compiling are the slowest:
+    memory is being allocated). At least ``repeats`` images, and more while ``seconds`` have not
+    passed, up to the forecast's ``HISTORY``: with 100 the 99th percentile is the slowest call,
+    with 256 the third slowest, so one stray slow call does not make an exit look slow. That
+    matters because an exit whose forecast is too slow is not run, so its forecast is not
+    corrected until it runs again."""
     timer = _ExitTimer([NEVER] * (engine.num_exits - 1) + [ALWAYS], clock)
     run = engine.run(timer.thresholds, 1, policy=timer)
     image = np.zeros((1,) + engine.image_shape, np.float32)
-    for _ in range(burn_in + repeats):
+    for _ in range(burn_in):
         run.push(image)
-    return [seconds[burn_in:] for seconds in timer.seconds]
+    begin, measured = clock(), 0
+    while measured < repeats or (measured < HISTORY and clock() - begin < seconds):
+        run.push(image)
+        measured += 1
+    return [times[burn_in:] for times in timer.seconds]
 
 
 class DeadlinePolicy(_ExitTimer):
@@ -80,8 +91,12 @@ class DeadlinePolicy(_ExitTimer):
             raise InferenceError("the deadline needs warm-up times of every exit")
         self.deadline = deadline_ms / 1000.0
         self.quantile = quantile
-        self.seconds = [deque(s[-history:], maxlen=history) for s in exit_seconds]
+        self.history = history
+        self.warm_up_seconds = [np.asarray(s[-history:], np.float64) for s in exit_seconds]
         self.warm_up_ms = [1000.0 * float(np.median(s)) for s in exit_seconds]
+        self.seconds = [deque(maxlen=history) for _ in exit_seconds]
+        self._ran_on = [deque(maxlen=history) for _ in exit_seconds]    # the image of each time
+        self._images = 0
         self._start = None
         self._by = {"confidence": 0, "last_exit": 0, "deadline": 0}
         self._exits = []
@@ -89,15 +104,22 @@ class DeadlinePolicy(_ExitTimer):
         self._first_exit_late = 0
 
     def forecast(self, k):
-        """Seconds exit ``k`` is expected to take at most (its recent times' ``quantile``)."""
-        return float(np.quantile(np.asarray(self.seconds[k]), self.quantile, method="higher"))
+        """Seconds exit ``k`` is expected to take at most: the ``quantile`` of its times within the
+        last ``history`` images, pooled with its warm-up times while they are few."""
+        ran_on, times = np.asarray(self._ran_on[k]), np.asarray(self.seconds[k], np.float64)
+        recent = times[ran_on > self._images - 1 - self.history]
+        if len(recent) < MIN_RECENT:
+            recent = np.concatenate([recent, self.warm_up_seconds[k]])
+        return float(np.quantile(recent, self.quantile, method="higher"))
 
     def images_pushed(self, count):
         super().images_pushed(count)
+        self._images += 1
         self._start = self._last
 
     def exit_ran(self, k, positions, confidence, answered):
         super().exit_ran(k, positions, confidence, answered)
+        self._ran_on[k].append(self._images - 1)
         elapsed = self._last - self._start
         last = k == len(self.thresholds) - 1
         if bool(answered[0]):
