@@ -96,14 +96,23 @@ def per_window(values, window):
     return np.array([np.mean(values[start:start + window]) for start in range(0, len(values), window)])
 
 
+def _replay_stream(pool_logits, difficulties, gflops, document, budget, start, args, seed, drift=True):
+    """One stream drawn from the pool (stream seed ``seed``), replayed with the thresholds ``--budget``
+    picks and with the controller: (pool indices, fixed (exits, predictions), held (exits,
+    predictions), controller)."""
+    indices, _ = stream_indices(difficulties, args.windows, args.window, args.calm, args.hardest_beta, seed, drift)
+    controller = BudgetController.from_document(document, gflops, budget, args.mindir, window=args.window)
+    fixed = replay(pool_logits[:, indices], gflops, start)[:2]
+    held = replay(pool_logits[:, indices], gflops, start, controller)[:2]
+    return indices, fixed, held, controller
+
+
 def _other_stream(pool_logits, difficulties, gflops, document, budget, start, args, seed):
     """One line on another stream drawn from the same pool (stream seed ``seed``), with and without drift."""
     line = [f"stream seed {seed}:"]
     for drift in (True, False):
-        indices, _ = stream_indices(difficulties, args.windows, args.window, args.calm, args.hardest_beta, seed, drift)
-        controller = BudgetController.from_document(document, gflops, budget, args.mindir, window=args.window)
-        fixed_exits, _, _ = replay(pool_logits[:, indices], gflops, start)
-        replay(pool_logits[:, indices], gflops, start, controller)
+        _, (fixed_exits, _), _, controller = _replay_stream(pool_logits, difficulties, gflops, document, budget,
+                                                            start, args, seed, drift)
         errors = np.array([w["error"] for w in controller.summary()["windows"]])
         fixed_errors = per_window(np.asarray(gflops)[fixed_exits], args.window) / controller.target - 1
         line.append(f"{'drift' if drift else 'no drift'}: fixed {100 * fixed_errors.max():+.1f}% at most, controller "
@@ -149,12 +158,10 @@ def main():
         pool_logits = engine.every_exit(np.stack([preprocess(p) for p in paths]))
         print(f"pool: {args.pool} demo images rendered and scored at every exit in {time.perf_counter() - begin:.0f} s")
 
-        indices, _ = stream_indices(difficulties, args.windows, args.window, args.calm, args.hardest_beta, args.seed)
+        indices, (fixed_exits, fixed_pred), (held_exits, held_pred), controller = _replay_stream(
+            pool_logits, difficulties, gflops, document, budget, start, args, args.seed)
         logits, stream_labels = pool_logits[:, indices], labels[indices]
-        controller = BudgetController.from_document(document, gflops, budget, args.mindir, window=args.window)
         target = controller.target
-        fixed_exits, fixed_pred, _ = replay(logits, gflops, start)
-        held_exits, held_pred, _ = replay(logits, gflops, start, controller)
         last_right = logits[-1].argmax(axis=1) == stream_labels
         fixed_cost = per_window(np.asarray(gflops)[fixed_exits], args.window)
         held = controller.summary(correct=held_pred == stream_labels)
@@ -192,10 +199,8 @@ def main():
               "(row in use - start row), per window: " + ", ".join(f"{gap:+.2f}" for gap in move_gap)
               + f" points; largest {max(abs(g) for g in move_gap):.2f}")
 
-        calm_indices, _ = stream_indices(difficulties, args.windows, args.window, args.calm, args.hardest_beta,
-                                         args.seed, drift=False)
-        calm = BudgetController.from_document(document, gflops, budget, args.mindir, window=args.window)
-        replay(pool_logits[:, calm_indices], gflops, start, calm)
+        *_, calm = _replay_stream(pool_logits, difficulties, gflops, document, budget, start, args, args.seed,
+                                  drift=False)
         calm_summary = calm.summary()
         calm_errors = [w["error"] for w in calm_summary["windows"]]
         print(f"no drift (Beta(1, 2.5) throughout, same length): {len(calm_summary['switches'])} switches; window "

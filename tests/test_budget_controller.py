@@ -9,7 +9,7 @@ import pytest
 
 from dvt_ms.calibrate import search
 from dvt_ms.deploy.controller import BudgetController, predicted_row_costs
-from dvt_ms.deploy.deadline import DeadlinePolicy, measure_exit_seconds
+from dvt_ms.deploy.deadline import HISTORY, DeadlinePolicy, measure_exit_seconds
 from dvt_ms.contract.thresholds import select_row
 from dvt_ms.deploy.replay import ManualClock, ReplayEngine, replay_images
 
@@ -254,7 +254,6 @@ def test_exit_times_leave_out_the_slow_first_calls_after_compiling():
 
 
 def test_exit_times_are_measured_for_a_time_budget_up_to_the_forecasts_history():
-    from dvt_ms.deploy.deadline import HISTORY
     logits, _ = scripted_logits(np.full(4, 0.5), seed=14)
     for image_seconds, expected in ((1e-3, HISTORY), (0.5, 10)):   # 256 images in 2 s; 10 take 5 s
         clock = ManualClock()

@@ -3,9 +3,9 @@
 Every image gets the answer of the deepest exit that finishes within ``deadline_ms`` of its push,
 unless an earlier exit is confident enough (the calibrated thresholds still apply). After exit k
 the policy asks: would exit k+1 end within the deadline? It forecasts exit k+1's time as a high
-quantile (``quantile``, default the 99th percentile) of its times on the last ``history`` images
-it ran on among the last ``history`` images of the stream, pooled with its warm-up times
-(``measure_exit_seconds``) while those are fewer than ``MIN_RECENT``. So a slower machine or a busier
+quantile (``quantile``, default the 99th percentile) of its times within the last ``history``
+images of the stream, pooled with its warm-up times (``measure_exit_seconds``) while those are
+fewer than ``MIN_RECENT``. So a slower machine or a busier
 one moves the forecast with it, and a forecast raised by a few slow calls comes back down: an exit
 the forecast keeps from running is not re-measured, but after ``history`` images its slow times
 are forgotten, the warm-up's speak again, and it runs (and is measured) again. If exit k+1 would
@@ -63,9 +63,8 @@ def measure_exit_seconds(engine, repeats=100, burn_in=10, seconds=2.0, clock=tim
     ``burn_in`` images whose times are dropped (the first calls after compiling are the slowest:
     memory is being allocated). At least ``repeats`` images, and more while ``seconds`` have not
     passed, up to the forecast's ``HISTORY``: with 100 the 99th percentile is the slowest call,
-    with 256 the third slowest, so one stray slow call does not make an exit look slow. That
-    matters because an exit whose forecast is too slow is not run, so its forecast is not
-    corrected until it runs again."""
+    with 256 the third slowest, so one stray slow call does not make an exit look slow (and keep
+    it from running until the policy forgets it, ``history`` images later)."""
     timer = _ExitTimer([NEVER] * (engine.num_exits - 1) + [ALWAYS], clock)
     run = engine.run(timer.thresholds, 1, policy=timer)
     image = np.zeros((1,) + engine.image_shape, np.float32)
