@@ -39,7 +39,7 @@ from dvt_ms.device import use_device
 LOGGER = logging.getLogger("early_exit_engine")
 
 
-def _export_random(out_dir, preset=None, config_path=None, overrides=()):
+def _export_random(out_dir, graph_target, preset=None, config_path=None, overrides=()):
     import dvt_ms
     from dvt_ms.config import load_config
     from dvt_ms.cli import parse_overrides
@@ -48,7 +48,8 @@ def _export_random(out_dir, preset=None, config_path=None, overrides=()):
     overrides = {**parse_overrides(list(overrides)), **({} if config_path else {"model": preset})}
     config = load_config(config_path, overrides or None, command="export")
     model = dvt_ms.DVT(config.arch)
-    export_model(model, out_dir, config.model, run_preprocessing(config, model.config.img_size))
+    export_model(model, out_dir, config.model, run_preprocessing(config, model.config.img_size),
+                 graph_target=graph_target)   # as run_export.sh makes them: for the device they run on
 
 
 def _median_seconds(run, repeats):
@@ -127,7 +128,7 @@ def main():
         model_dir = args.mindir
         if not model_dir:
             model_dir = os.path.join(scratch, "mindir")
-            _export_random(model_dir, args.preset, args.config, args.overrides)
+            _export_random(model_dir, ms.get_context("device_target"), args.preset, args.config, args.overrides)
         engine = EarlyExitEngine(model_dir, max_batch=args.batch_size, num_images=args.images)
         args.batch_size = engine.max_batch
         if len(args.shares) != engine.num_exits or abs(sum(args.shares) - 1) > 1e-6:
