@@ -420,10 +420,14 @@ def test_ctrl_c_during_export_stops_it_and_leaves_nothing(tmp_path, monkeypatch,
 
     monkeypatch.setattr(ms, "export", export_during_which_ctrl_c_arrives)
     out = tmp_path / "export"
-    assert cli.run(lambda: writer.export_model(model, out, "dvt_deit_small", preprocess),
-                   defer_interrupts=True) == 130
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, whoever runs pytest
+    try:
+        assert cli.run(lambda: writer.export_model(model, out, "dvt_deit_small", preprocess),
+                       defer_interrupts=True) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored after the command
+    finally:
+        signal.signal(signal.SIGINT, started_with)
     assert len(exported) == 1 and not out.exists() and os.listdir(tmp_path) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_convert_replaces_only_a_checkpoint_it_converted_before(tmp_path, golden_dir):
