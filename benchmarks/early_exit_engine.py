@@ -122,13 +122,13 @@ def main():
             LOGGER.warning("torch reference failed: %s", result.stderr.strip()[-300:])
         else:
             reference = json.loads(result.stdout.strip().splitlines()[-1])["ms_per_image"]
-    use_device(args.device_target)
+    device = use_device(args.device_target).device
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.mindir
         if not model_dir:
             model_dir = os.path.join(scratch, "mindir")
-            _export_random(model_dir, ms.get_context("device_target"), args.preset, args.config, args.overrides)
+            _export_random(model_dir, device, args.preset, args.config, args.overrides)
         engine = EarlyExitEngine(model_dir, max_batch=args.batch_size, num_images=args.images)
         args.batch_size = engine.max_batch
         if len(args.shares) != engine.num_exits or abs(sum(args.shares) - 1) > 1e-6:

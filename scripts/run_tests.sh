@@ -15,7 +15,6 @@ case " $* " in
   *" -n "*|*" -n="*|*" --numprocesses"*|*" -p no:xdist "*) ;;
   *) if python -c 'import xdist' 2>/dev/null; then
        parallel=(-n "$workers")
-       # idle workers take queued tests from busy ones: the run does not end on one long test
        [ "$workers" -gt 0 ] && parallel+=(--dist worksteal)
      else
        echo "[dvt-ms] pytest-xdist is not installed in $DVT_VENV: the tests run one at a time" >&2
